@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * compat.h: every kernel-version difference the programs care about, in one place.
+ * Each shim names the kernel commit whose layout change it tracks. The minimum kernel is
+ * v5.11 (sk_storage from BTF tracepoints, 8e4597c627fb); older layouts below that are not
+ * handled here on purpose.
+ */
+#ifndef __PODNET_COMPAT_H
+#define __PODNET_COMPAT_H
+
+#include <bpf/bpf_core_read.h>
+#include "podnet_kernel.h"
+
+/*
+ * struct sock_cgroup_data lost its packed u64 union in v5.15,
+ * commit 8520e224f547 ("bpf, cgroups: Fix cgroup v2 fallback on v1/v2 mixed mode").
+ * Before it, .val held the cgroup pointer unless bit 0 (is_data) was set, which only
+ * happened when net_cls/net_prio v1 were in use: then v2 attribution is unavailable.
+ */
+struct sock_cgroup_data___old {
+	union {
+		struct {
+			__u8 is_data : 1;
+		};
+		__u64 val;
+	};
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 podnet_sk_cgroup_id(const struct sock *sk)
+{
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup))
+		return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+
+	struct sock_cgroup_data___old *old = (void *)&sk->sk_cgrp_data;
+	__u64 val = BPF_CORE_READ(old, val);
+	if (val & 1)
+		return 0;
+	return BPF_CORE_READ((struct cgroup *)(unsigned long)val, kn, id);
+}
+
+/*
+ * sk_protocol was an 8-bit bitfield until v5.6, commit bf9765145b85
+ * ("sock: Make sk_protocol a 16-bit value"); the probed bitfield read handles both.
+ */
+static __always_inline __u32 podnet_sk_protocol(const struct sock *sk)
+{
+	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+}
+
+#endif /* __PODNET_COMPAT_H */

@@ -1,0 +1,539 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * podnet.bpf.c: per-pod TCP connections and IP traffic, counted in the kernel.
+ *
+ * Design decisions:
+ * - Stable hooks only: cgroup_skb ingress/egress on the cgroup v2 root see every packet
+ *   of every local socket exactly once (never a bridge or a veth twice), with the socket
+ *   attached. TCP state and events come from the tracepoints sock:inet_sock_set_state,
+ *   tcp:tcp_retransmit_skb, tcp:tcp_send_reset and tcp:tcp_receive_reset, attached as BTF
+ *   raw tracepoints (tp_btf): typed arguments, no tracefs, and sk_storage is usable there.
+ * - Attribution is resolved once per socket, not per packet: the socket's cgroup id maps
+ *   to a slot (a row of counters) in podnet_cgroups; a cgroup seen for the first time takes
+ *   a free slot from the podnet_freeslot queue at once, so nothing is lost before the
+ *   agent has classified it. Sockets of cgroups that are not a pod's fall back to their
+ *   local address in podnet_pod_ips. The result is cached in socket storage together with
+ *   podnet_gen; the agent bumps podnet_gen after any remapping, which makes each socket
+ *   resolve again on its next packet.
+ * - Per packet: one socket-storage lookup, then inlined array accesses. Counters are
+ *   per-CPU, updated with atomic adds: a softirq egress (an ACK, a retransmit) can interrupt
+ *   a process-context egress on the same CPU, so a plain += could lose an update.
+ * - Bytes and packets are counted as on the wire: a GSO/GRO skb of n segments counts n
+ *   packets and n copies of its IP+L4 headers. TCP payload is the skb minus its headers.
+ * - The programs never drop: cgroup_skb always returns 1.
+ */
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
+#include "podnet.h"
+#include "podnet_kernel.h"
+#include "compat.h"
+
+#define TCP_ESTABLISHED	1
+#define TCP_SYN_SENT	2
+#define TCP_SYN_RECV	3
+#define TCP_CLOSE	7
+
+#define AF_INET		2
+#define AF_INET6	10
+
+#define ECONNRESET	104
+#define ENETUNREACH	101
+#define ETIMEDOUT	110
+#define ECONNREFUSED	111
+#define EHOSTUNREACH	113
+
+#define SK_PASS		1
+
+const volatile struct podnet_config podnet_cfg = {
+	.ephemeral_lo = 32768,
+	.ephemeral_hi = 60999,
+};
+
+/* Bumped by the agent after it changes podnet_cgroups or podnet_pod_ips. */
+volatile __u32 podnet_gen;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PODNET_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct podnet_counters);
+} podnet_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, PODNET_MAX_SLOTS);
+	__type(value, __u32);
+} podnet_freeslot SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PODNET_MAX_CGROUPS);
+	__type(key, __u64);
+	__type(value, struct podnet_cgroup);
+} podnet_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PODNET_MAX_POD_IPS);
+	__type(key, struct podnet_ip_key);
+	__type(value, struct podnet_ip_val);
+} podnet_pod_ips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct podnet_sock);
+} podnet_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PODNET_NHEALTH);
+	__type(key, __u32);
+	__type(value, __u64);
+} podnet_health SEC(".maps");
+
+static __always_inline void health_inc(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&podnet_health, &which);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline struct podnet_counters *slot_counters(__u32 slot)
+{
+	return bpf_map_lookup_elem(&podnet_stats, &slot);
+}
+
+/* The slot of a cgroup; a cgroup never seen before takes a free slot right away. */
+static __always_inline __u32 cgroup_slot(__u64 cgid, __u32 *kind)
+{
+	struct podnet_cgroup fresh = { .slot = PODNET_SLOT_NODE, .kind = PODNET_CG_UNKNOWN };
+	struct podnet_cgroup *cg;
+	__u32 slot;
+	bool popped;
+
+	cg = bpf_map_lookup_elem(&podnet_cgroups, &cgid);
+	if (cg) {
+		*kind = cg->kind;
+		return cg->slot;
+	}
+
+	popped = bpf_map_pop_elem(&podnet_freeslot, &slot) == 0;
+	if (popped)
+		fresh.slot = slot;
+	else
+		health_inc(PODNET_H_SLOTS_EXHAUSTED);
+
+	if (bpf_map_update_elem(&podnet_cgroups, &cgid, &fresh, BPF_NOEXIST) == 0) {
+		if (popped)
+			health_inc(PODNET_H_SLOTS_ALLOCATED);
+		*kind = fresh.kind;
+		return fresh.slot;
+	}
+	/* Another CPU inserted it first, or the map is full. */
+	if (popped)
+		bpf_map_push_elem(&podnet_freeslot, &slot, 0);
+	cg = bpf_map_lookup_elem(&podnet_cgroups, &cgid);
+	if (cg) {
+		*kind = cg->kind;
+		return cg->slot;
+	}
+	health_inc(PODNET_H_CGROUPS_FULL);
+	*kind = PODNET_CG_HOST;
+	return PODNET_SLOT_NODE;
+}
+
+/*
+ * Resolve where a socket counts. The generation is read before the maps, so a remap that
+ * races with us leaves an older generation in the storage and forces another resolve.
+ */
+static __always_inline __u32 resolve(struct podnet_sock *st, __u64 cgid,
+				     const struct podnet_ip_key *local)
+{
+	__u32 gen = podnet_gen;
+	__u32 kind, slot;
+
+	slot = cgroup_slot(cgid, &kind);
+	if (kind != PODNET_CG_POD && local) {
+		struct podnet_ip_val *ip = bpf_map_lookup_elem(&podnet_pod_ips, local);
+
+		if (ip)
+			slot = ip->slot;
+	}
+	if (slot >= PODNET_MAX_SLOTS)
+		slot = PODNET_SLOT_NODE;
+	st->slot = slot;
+	st->gen = gen;
+	return slot;
+}
+
+static __always_inline void ip_key_v4(struct podnet_ip_key *key, __be32 addr)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	key->addr[10] = 0xff;
+	key->addr[11] = 0xff;
+	__builtin_memcpy(&key->addr[12], &addr, 4);
+}
+
+/* Direction of a connection established before we saw it, from its ports. */
+static __always_inline bool guess_inbound(__u16 lport, __u16 rport)
+{
+	bool l_eph = lport >= podnet_cfg.ephemeral_lo && lport <= podnet_cfg.ephemeral_hi;
+	bool r_eph = rport >= podnet_cfg.ephemeral_lo && rport <= podnet_cfg.ephemeral_hi;
+
+	if (l_eph != r_eph)
+		return r_eph;
+	return lport < rport;
+}
+
+/* ---- cgroup_skb: bytes and packets ---------------------------------------------------- */
+
+struct pkt_info {
+	__u32 hdr_len;		/* IP + L4 header bytes of one segment */
+	__u32 transport;	/* PODNET_TCP / PODNET_UDP */
+	bool l4_ok;		/* L4 header present: payload is known */
+};
+
+/* Parse the IP and L4 headers; false for anything not counted (non-IP, not TCP/UDP). */
+static __always_inline bool parse(struct __sk_buff *skb, struct pkt_info *pi)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 l3_len, l4_len = 0;
+	__u8 proto, l4b[13];
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data;
+		__u8 b[10];
+
+		if ((void *)(ip + 1) <= data_end) {
+			l3_len = ip->ihl * 4;
+			proto = ip->protocol;
+			if (ip->frag_off & bpf_htons(0x1fff))
+				goto no_l4;	/* a later fragment: no L4 header */
+		} else {
+			if (bpf_skb_load_bytes(skb, 0, b, sizeof(b)))
+				return false;
+			l3_len = (b[0] & 0xf) * 4;
+			proto = b[9];
+		}
+		if (l3_len < sizeof(struct iphdr))
+			return false;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data;
+		__u8 b[7];
+
+		l3_len = sizeof(struct ipv6hdr);
+		if ((void *)(ip6 + 1) <= data_end) {
+			proto = ip6->nexthdr;
+		} else {
+			if (bpf_skb_load_bytes(skb, 0, b, sizeof(b)))
+				return false;
+			proto = b[6];
+		}
+	} else {
+		return false;
+	}
+
+	if (proto == IPPROTO_TCP) {
+		pi->transport = PODNET_TCP;
+		if (bpf_skb_load_bytes(skb, l3_len & 0x3f, l4b, sizeof(l4b)))
+			goto no_l4;
+		l4_len = (l4b[12] >> 4) * 4;
+		if (l4_len < sizeof(struct tcphdr))
+			goto no_l4;
+	} else if (proto == IPPROTO_UDP) {
+		pi->transport = PODNET_UDP;
+		if (skb->len < l3_len + 8)
+			goto no_l4;
+		l4_len = 8;
+	} else {
+		/* IPv6 extension headers and other protocols: not a TCP/UDP socket's data. */
+		return false;
+	}
+	pi->hdr_len = l3_len + l4_len;
+	pi->l4_ok = skb->len >= pi->hdr_len;
+	if (!pi->l4_ok)
+		pi->hdr_len = l3_len;
+	return true;
+
+no_l4:
+	if (proto == IPPROTO_TCP)
+		pi->transport = PODNET_TCP;
+	else if (proto == IPPROTO_UDP)
+		pi->transport = PODNET_UDP;
+	else
+		return false;
+	pi->hdr_len = l3_len;
+	pi->l4_ok = false;
+	return true;
+}
+
+/* The local address of the packet's socket, as the fallback key. */
+static __always_inline bool skb_local_ip(struct __sk_buff *skb, int io, struct podnet_ip_key *key)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__be32 a;
+
+		if (bpf_skb_load_bytes(skb, io == PODNET_TX ? 12 : 16, &a, 4))
+			return false;
+		ip_key_v4(key, a);
+		return true;
+	}
+	return bpf_skb_load_bytes(skb, io == PODNET_TX ? 8 : 24, key->addr, 16) == 0;
+}
+
+static __always_inline int count_skb(struct __sk_buff *skb, const int io)
+{
+	struct bpf_sock *sk = skb->sk;
+	struct podnet_counters *c;
+	struct podnet_sock *st;
+	struct pkt_info pi;
+	__u32 slot, segs, state;
+
+	if (!sk)
+		return SK_PASS;
+	if (!parse(skb, &pi))
+		return SK_PASS;
+	state = sk->state;	/* read before the flags: see the adoption below */
+
+	st = bpf_sk_storage_get(&podnet_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		health_inc(PODNET_H_NO_STORAGE);
+		return SK_PASS;
+	}
+
+	slot = st->slot;
+	if (!(st->flags & PODNET_SK_RESOLVED) || st->gen != podnet_gen) {
+		struct podnet_ip_key local;
+		__u32 old;
+
+		slot = resolve(st, bpf_skb_cgroup_id(skb),
+			       skb_local_ip(skb, io, &local) ? &local : NULL);
+		old = __sync_fetch_and_or(&st->flags, PODNET_SK_RESOLVED);
+		/*
+		 * First sight of an established TCP socket: it was established before the
+		 * agent, so adopt it as active. A connection that established while we
+		 * watched already set flags in the state tracepoint, which runs before the
+		 * kernel stores the new state that we read above.
+		 */
+		if (old == 0 && pi.transport == PODNET_TCP && state == BPF_TCP_ESTABLISHED) {
+			__u16 lport = sk->src_port, rport = bpf_ntohs(sk->dst_port);
+			bool in = guess_inbound(lport, rport);
+
+			__sync_fetch_and_or(&st->flags, PODNET_SK_ESTABLISHED |
+						(in ? PODNET_SK_INBOUND : 0));
+			c = slot_counters(slot);
+			if (c)
+				__sync_fetch_and_add(&c->adopted[in ? PODNET_INBOUND : PODNET_OUTBOUND], 1);
+		}
+	}
+
+	c = slot_counters(slot);
+	if (!c)
+		return SK_PASS;
+	segs = skb->gso_segs;
+	if (segs == 0)
+		segs = 1;
+	__sync_fetch_and_add(&c->bytes[io][pi.transport], skb->len + (segs - 1) * pi.hdr_len);
+	__sync_fetch_and_add(&c->packets[io][pi.transport], segs);
+	if (pi.transport == PODNET_TCP && pi.l4_ok && skb->len > pi.hdr_len)
+		__sync_fetch_and_add(&c->payload[io], skb->len - pi.hdr_len);
+	return SK_PASS;
+}
+
+SEC("cgroup_skb/ingress")
+int podnet_ingress(struct __sk_buff *skb)
+{
+	return count_skb(skb, PODNET_RX);
+}
+
+SEC("cgroup_skb/egress")
+int podnet_egress(struct __sk_buff *skb)
+{
+	return count_skb(skb, PODNET_TX);
+}
+
+/* ---- tracepoints: connections and TCP events ------------------------------------------ */
+
+static __always_inline void sk_local_ip(const struct sock *sk, struct podnet_ip_key *key)
+{
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET)
+		ip_key_v4(key, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+	else
+		BPF_CORE_READ_INTO(key->addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+}
+
+/* Socket storage for a full socket, resolved; NULL if none can be had. */
+static __always_inline struct podnet_sock *sk_state(const struct sock *sk)
+{
+	struct podnet_sock *st;
+
+	st = bpf_sk_storage_get(&podnet_socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		health_inc(PODNET_H_NO_STORAGE);
+		return NULL;
+	}
+	if (!(st->flags & PODNET_SK_RESOLVED) || st->gen != podnet_gen) {
+		struct podnet_ip_key local;
+
+		sk_local_ip(sk, &local);
+		resolve(st, podnet_sk_cgroup_id(sk), &local);
+		__sync_fetch_and_or(&st->flags, PODNET_SK_RESOLVED);
+	}
+	return st;
+}
+
+static __always_inline __u32 fail_reason(int err)
+{
+	switch (err) {
+	case ECONNREFUSED:
+		return PODNET_FAIL_REFUSED;
+	case ETIMEDOUT:
+		return PODNET_FAIL_TIMEOUT;
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+		return PODNET_FAIL_UNREACHABLE;
+	case ECONNRESET:
+		return PODNET_FAIL_RESET;
+	default:
+		return PODNET_FAIL_OTHER;
+	}
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	struct podnet_counters *c;
+	struct podnet_sock *st;
+	__u32 old;
+
+	/* Early exit for the transitions we do not count. */
+	if (newstate != TCP_ESTABLISHED && oldstate != TCP_ESTABLISHED &&
+	    !(oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE))
+		return 0;
+	if (podnet_sk_protocol(sk) != IPPROTO_TCP)
+		return 0;
+	st = sk_state(sk);
+	if (!st)
+		return 0;
+	c = slot_counters(st->slot);
+	if (!c)
+		return 0;
+
+	if (newstate == TCP_ESTABLISHED) {
+		bool in = oldstate == TCP_SYN_RECV;
+
+		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
+			return 0;
+		old = __sync_fetch_and_or(&st->flags, PODNET_SK_ESTABLISHED |
+					  (in ? PODNET_SK_INBOUND : 0));
+		if (!(old & PODNET_SK_ESTABLISHED))
+			__sync_fetch_and_add(&c->opened[in ? PODNET_INBOUND : PODNET_OUTBOUND], 1);
+	} else if (oldstate == TCP_ESTABLISHED) {
+		/* Only connections we counted as active end here: active never goes below 0. */
+		old = __sync_fetch_and_and(&st->flags, ~(PODNET_SK_ESTABLISHED | PODNET_SK_INBOUND));
+		if (old & PODNET_SK_ESTABLISHED)
+			__sync_fetch_and_add(&c->closed[(old & PODNET_SK_INBOUND) ?
+							PODNET_INBOUND : PODNET_OUTBOUND], 1);
+	} else {
+		/* SYN_SENT -> CLOSE: the kernel sets sk_err before it closes the socket. */
+		__sync_fetch_and_add(&c->failed[fail_reason(BPF_CORE_READ(sk, sk_err))], 1);
+	}
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(podnet_retrans, const struct sock *sk, const struct sk_buff *skb)
+{
+	struct skb_shared_info *shinfo;
+	struct podnet_counters *c;
+	struct podnet_sock *st;
+	__u32 segs;
+
+	st = sk_state(sk);
+	if (!st)
+		return 0;
+	c = slot_counters(st->slot);
+	if (!c)
+		return 0;
+	shinfo = (void *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
+	segs = BPF_CORE_READ(shinfo, gso_segs);
+	__sync_fetch_and_add(&c->retransmits, segs ? segs : 1);
+	return 0;
+}
+
+/*
+ * A reset with no full socket (a closed port, a TIME_WAIT socket) belongs to whoever owns
+ * the destination address of the packet it answers: a pod by its IP, else the node.
+ */
+static __always_inline __u32 skb_owner_slot(const struct sk_buff *skb)
+{
+	struct podnet_ip_key key;
+	struct podnet_ip_val *ip;
+	unsigned char *nh;
+
+	if (!skb)
+		return PODNET_SLOT_NODE;
+	nh = BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
+	if (BPF_CORE_READ(skb, protocol) == bpf_htons(ETH_P_IP)) {
+		__be32 daddr;
+
+		bpf_probe_read_kernel(&daddr, 4, nh + 16);
+		ip_key_v4(&key, daddr);
+	} else {
+		bpf_probe_read_kernel(key.addr, 16, nh + 24);
+	}
+	ip = bpf_map_lookup_elem(&podnet_pod_ips, &key);
+	return ip ? ip->slot : PODNET_SLOT_NODE;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(podnet_rst_tx, const struct sock *sk, const struct sk_buff *skb)
+{
+	struct podnet_counters *c;
+	struct podnet_sock *st = NULL;
+	__u32 slot;
+
+	if (sk)
+		st = bpf_sk_storage_get(&podnet_socks, (void *)sk, 0, 0);
+	if (st && (st->flags & PODNET_SK_RESOLVED))
+		slot = sk_state(sk) ? st->slot : PODNET_SLOT_NODE;
+	else if (sk && BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_CLOSE &&
+		 (st = sk_state(sk)))
+		slot = st->slot;
+	else
+		slot = skb_owner_slot(skb);
+	c = slot_counters(slot);
+	if (c)
+		__sync_fetch_and_add(&c->resets[PODNET_TX], 1);
+	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(podnet_rst_rx, struct sock *sk)
+{
+	struct podnet_counters *c;
+	struct podnet_sock *st;
+
+	st = sk_state(sk);
+	if (!st)
+		return 0;
+	c = slot_counters(st->slot);
+	if (c)
+		__sync_fetch_and_add(&c->resets[PODNET_RX], 1);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * podnet.h: the ABI shared by the BPF programs and the Python agent.
+ *
+ * Every type here is made of fixed-width __u* fields with explicit padding, so that
+ * otel_podnet/abi.py can mirror it with ctypes byte for byte. Change both together.
+ */
+#ifndef __PODNET_H
+#define __PODNET_H
+
+/* Counting slots. A slot is a row of per-CPU counters; the agent maps slots to pods. */
+#define PODNET_MAX_SLOTS	4096
+#define PODNET_SLOT_NODE	0	/* traffic of no pod, and overflow when slots run out */
+#define PODNET_MAX_CGROUPS	65536
+#define PODNET_MAX_POD_IPS	16384
+
+/* podnet_cgroup.kind: what the agent knows of a cgroup. */
+#define PODNET_CG_UNKNOWN	0	/* just seen by the kernel; the agent has not classified it */
+#define PODNET_CG_POD		1	/* a pod's cgroup (pod level or a container below it) */
+#define PODNET_CG_HOST		2	/* not a pod's: its sockets fall back to their local IP */
+
+/* podnet_sock.flags */
+#define PODNET_SK_RESOLVED	(1U << 0)	/* slot/gen are valid */
+#define PODNET_SK_ESTABLISHED	(1U << 1)	/* counted as active (opened or adopted) */
+#define PODNET_SK_INBOUND	(1U << 2)	/* direction of the counted connection */
+
+enum podnet_dir { PODNET_OUTBOUND = 0, PODNET_INBOUND = 1, PODNET_NDIRS = 2 };
+enum podnet_io { PODNET_TX = 0, PODNET_RX = 1, PODNET_NIO = 2 };
+enum podnet_transport { PODNET_TCP = 0, PODNET_UDP = 1, PODNET_NTRANSPORTS = 2 };
+enum podnet_fail {
+	PODNET_FAIL_REFUSED = 0,
+	PODNET_FAIL_TIMEOUT = 1,
+	PODNET_FAIL_UNREACHABLE = 2,
+	PODNET_FAIL_RESET = 3,
+	PODNET_FAIL_OTHER = 4,
+	PODNET_NFAILS = 5,
+};
+
+/* Value of podnet_stats (per-CPU array indexed by slot). All counters only grow. */
+struct podnet_counters {
+	__u64 bytes[PODNET_NIO][PODNET_NTRANSPORTS];	/* IP bytes as on the wire */
+	__u64 packets[PODNET_NIO][PODNET_NTRANSPORTS];	/* IP packets as on the wire */
+	__u64 payload[PODNET_NIO];			/* TCP payload bytes */
+	__u64 opened[PODNET_NDIRS];			/* reached ESTABLISHED */
+	__u64 adopted[PODNET_NDIRS];			/* established before we saw it */
+	__u64 closed[PODNET_NDIRS];			/* left ESTABLISHED (opened or adopted) */
+	__u64 failed[PODNET_NFAILS];			/* outbound attempts that never established */
+	__u64 retransmits;
+	__u64 resets[PODNET_NIO];			/* RST segments sent / received */
+};
+
+/* Key of podnet_cgroups: the cgroup v2 id (the inode number of its directory). */
+struct podnet_cgroup {
+	__u32 slot;
+	__u32 kind;	/* PODNET_CG_* */
+};
+
+/* Key of podnet_pod_ips: an address in IPv6 form, IPv4 as ::ffff:a.b.c.d. */
+struct podnet_ip_key {
+	__u8 addr[16];
+};
+
+struct podnet_ip_val {
+	__u32 slot;
+	__u32 pad;
+};
+
+/* Socket-local storage: what we resolved once for this socket. */
+struct podnet_sock {
+	__u32 slot;	/* where this socket's traffic is counted */
+	__u32 gen;	/* podnet_slot_gen[slot] when resolved; a change forces a re-resolve */
+	__u32 flags;	/* PODNET_SK_* */
+	__u32 pad;
+};
+
+/* Agent health counters (podnet_health, per-CPU array). */
+enum podnet_health {
+	PODNET_H_SLOTS_EXHAUSTED = 0,	/* a new cgroup found no free slot: counted as node */
+	PODNET_H_CGROUPS_FULL = 1,	/* podnet_cgroups was full */
+	PODNET_H_NO_STORAGE = 2,	/* socket storage could not be allocated */
+	PODNET_H_SLOTS_ALLOCATED = 3,	/* slots the kernel took from the free queue */
+	PODNET_NHEALTH = 4,
+};
+
+/* Settings, written by the agent into .rodata before load. */
+struct podnet_config {
+	__u16 ephemeral_lo;	/* ip_local_port_range, to tell the direction of adopted */
+	__u16 ephemeral_hi;	/* connections (established before the agent) */
+	__u32 pad;
+};
+
+#endif /* __PODNET_H */

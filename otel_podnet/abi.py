@@ -1,0 +1,51 @@
+"""ctypes mirror of bpf/podnet.h: the layout shared with the BPF programs."""
+
+from __future__ import annotations
+
+import ctypes
+
+MAX_SLOTS = 4096
+SLOT_NODE = 0
+MAX_CGROUPS = 65536
+MAX_POD_IPS = 16384
+
+CG_UNKNOWN = 0
+CG_POD = 1
+CG_HOST = 2
+
+H_SLOTS_EXHAUSTED = 0
+H_CGROUPS_FULL = 1
+H_NO_STORAGE = 2
+H_SLOTS_ALLOCATED = 3
+NHEALTH = 4
+
+# Field order of struct podnet_counters, flattened: names used by samples.Counters.
+COUNTER_FIELDS: tuple[str, ...] = (
+    "bytes_tx_tcp", "bytes_tx_udp", "bytes_rx_tcp", "bytes_rx_udp",
+    "packets_tx_tcp", "packets_tx_udp", "packets_rx_tcp", "packets_rx_udp",
+    "payload_tx", "payload_rx",
+    "opened_out", "opened_in",
+    "adopted_out", "adopted_in",
+    "closed_out", "closed_in",
+    "failed_refused", "failed_timeout", "failed_unreachable", "failed_reset", "failed_other",
+    "retransmits",
+    "resets_tx", "resets_rx",
+)  # fmt: skip
+
+PodnetCounters = ctypes.c_uint64 * len(COUNTER_FIELDS)
+
+
+class PodnetCgroup(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
+
+
+class PodnetIpKey(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_uint8 * 16)]
+
+
+class PodnetIpVal(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class PodnetConfig(ctypes.Structure):
+    _fields_ = [("ephemeral_lo", ctypes.c_uint16), ("ephemeral_hi", ctypes.c_uint16), ("pad", ctypes.c_uint32)]

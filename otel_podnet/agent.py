@@ -1,0 +1,56 @@
+"""``otel-podnet run``: collect every interval, hand the snapshot to each exporter; on
+SIGTERM/SIGINT one final export, then every program detached."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Sequence
+from logging import getLogger
+from types import FrameType
+
+from .core import Core
+from .exporters import Exporter
+
+_logger = getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, core: Core, exporters: Sequence[Exporter], interval: float) -> None:
+        self.core = core
+        self.exporters = list(exporters)
+        self.interval = interval
+        self.stop_event = threading.Event()
+
+    def install_signal_handlers(self) -> None:
+        def _stop(signum: int, frame: FrameType | None) -> None:
+            _logger.info("received %s: final export, then detaching", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def collect_and_export(self) -> None:
+        snapshot = self.core.collect()
+        pods = self.core.pods
+        for exporter in self.exporters:
+            try:
+                exporter.export(snapshot, pods)
+            except Exception:  # an exporter's failure must not stop the counting
+                _logger.exception("exporter %s failed", type(exporter).__name__)
+
+    def run(self) -> int:
+        self.core.start()
+        try:
+            while not self.stop_event.wait(self.interval):
+                self.collect_and_export()
+            self.collect_and_export()
+        finally:
+            for exporter in self.exporters:
+                try:
+                    exporter.shutdown()
+                except Exception:
+                    _logger.exception("shutting down %s", type(exporter).__name__)
+            self.core.close()
+        _logger.info("stopped; every program detached")
+        return 0

@@ -1,0 +1,134 @@
+"""``otel-podnet check``: is this node ready for the agent? One line per item, with a fix."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import libbpf
+from .cgroups import CgroupError, find_cgroup2_mount
+from .datapath import Datapath, DatapathConfig, default_object_path
+
+MIN_KERNEL = (5, 11)
+
+# capability bits (linux/capability.h)
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        return f"{mark} {self.name:<12} {self.detail}" + ("" if self.ok or not self.hint else f" -> {self.hint}")
+
+
+def _kernel() -> CheckResult:
+    rel = platform.release()
+    m = re.match(r"(\d+)\.(\d+)", rel)
+    ver = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    ok = ver >= MIN_KERNEL
+    return CheckResult("kernel", ok, f"Linux {rel}", f"needs Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer")
+
+
+def _btf(sysfs: Path) -> CheckResult:
+    p = sysfs / "kernel/btf/vmlinux"
+    ok = p.is_file()
+    return CheckResult("btf", ok, str(p) if ok else f"{p} missing", "needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+
+
+def _cgroup(root: Path | None, proc: Path) -> tuple[CheckResult, Path | None]:
+    try:
+        found = root or find_cgroup2_mount(proc / "self/mountinfo")
+    except CgroupError as exc:
+        return CheckResult("cgroup2", False, str(exc), "mount cgroup v2 or pass --cgroup-root"), None
+    ok = (found / "cgroup.procs").exists()
+    return CheckResult("cgroup2", ok, f"cgroup v2 at {found}", f"{found} is not a cgroup v2 mount"), found
+
+
+def _caps(proc: Path) -> CheckResult:
+    try:
+        text = (proc / "self/status").read_text()
+        eff = int(re.search(r"^CapEff:\s*([0-9a-f]+)", text, re.M).group(1), 16)  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        return CheckResult("privileges", False, "cannot read CapEff", "run as root with BPF, PERFMON, NET_ADMIN")
+    have = lambda b: bool(eff >> b & 1)  # noqa: E731
+    bpf = have(CAP_BPF) or have(CAP_SYS_ADMIN)
+    perfmon = have(CAP_PERFMON) or have(CAP_SYS_ADMIN)
+    netadmin = have(CAP_NET_ADMIN)
+    missing = [n for n, ok in (("CAP_BPF", bpf), ("CAP_PERFMON", perfmon), ("CAP_NET_ADMIN", netadmin)) if not ok]
+    detail = "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN" if not missing else "missing " + ", ".join(missing)
+    return CheckResult("privileges", not missing, detail, "add the capabilities " + ", ".join(missing))
+
+
+def _libbpf() -> CheckResult:
+    try:
+        v = libbpf.version()
+    except OSError as exc:
+        return CheckResult("libbpf", False, str(exc), "apt-get install libbpf1")
+    major, minor = (int(x) for x in v.split("."))
+    ok = (major, minor) >= (1, 0)
+    return CheckResult("libbpf", ok, f"libbpf {v}", "needs libbpf 1.0 or newer")
+
+
+def _tracefs() -> CheckResult:
+    return CheckResult("tracefs", True, "not needed: tracepoints attach as BTF raw tracepoints (tp_btf)")
+
+
+def _hooks(cgroup_root: Path | None, obj: Path) -> list[CheckResult]:
+    if not obj.is_file():
+        return [CheckResult("bpf-object", False, f"{obj} missing", "reinstall the package (pip install .) with clang present")]
+    out = [CheckResult("bpf-object", True, str(obj))]
+    if cgroup_root is None:
+        return out + [CheckResult("hooks", False, "not tried: no cgroup v2", "fix the cgroup2 line first")]
+    dp = Datapath(DatapathConfig(cgroup_root, obj))
+    try:
+        dp.open_and_load()
+        out.append(CheckResult("verifier", True, "all 6 programs load"))
+        dp.attach()
+        out.append(
+            CheckResult("hooks", True, "attached and detached: cgroup_skb ingress/egress, tp_btf inet_sock_set_state, "
+                        "tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset")
+        )
+    except OSError as exc:
+        what = "verifier" if not dp_loaded(dp) else "hooks"
+        out.append(CheckResult(what, False, str(exc), "see the log above; kernel needs cgroup BPF, BTF raw tracepoints, sk_storage"))
+    finally:
+        dp.close()
+    return out
+
+
+def dp_loaded(dp: Datapath) -> bool:
+    return hasattr(dp, "stats")
+
+
+def run_checks(cgroup_root: Path | None = None, proc: Path = Path("/proc"), sysfs: Path = Path("/sys"),
+               object_path: Path | None = None) -> list[CheckResult]:
+    cg, found = _cgroup(cgroup_root, proc)
+    results = [_kernel(), _btf(sysfs), cg, _tracefs(), _caps(proc), _libbpf()]
+    if all(r.ok for r in results):
+        results += _hooks(found, object_path or default_object_path())
+    else:
+        results.append(CheckResult("hooks", False, "not tried", "fix the lines above first"))
+    return results
+
+
+def main(print_fn: Callable[[str], None] = print, cgroup_root: Path | None = None) -> int:
+    results = run_checks(cgroup_root)
+    for r in results:
+        print_fn(r.line())
+    ok = all(r.ok for r in results)
+    print_fn("ready" if ok else "not ready")
+    return 0 if ok else 3
+
+
+if os.name != "posix":  # pragma: no cover
+    raise ImportError("otel-podnet runs on Linux only")

@@ -1,0 +1,109 @@
+"""The ``otel-podnet`` command: run, demo, check, version."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from collections.abc import Sequence
+from logging import getLogger
+from pathlib import Path
+
+from . import __version__
+from . import log as podnet_log
+from .settings import ConfigError, Settings, build
+
+_logger = getLogger(__name__)
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_CONFIG, EXIT_NOT_READY = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_CONFIG, f"otel-podnet: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="otel-podnet", description="Per-pod TCP connections and traffic, counted with eBPF, "
+                "exported as OpenTelemetry metrics.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="the node agent (the DaemonSet entrypoint)")
+    run.add_argument("--node-name", help="this node's name [NODE_NAME] (default: the host name)")
+    run.add_argument("--pods-file", help="a PodList (kubectl get pods -o yaml) used instead of the API [PODNET_PODS_FILE]")
+    run.add_argument("--kubeconfig", help="kubeconfig file [KUBECONFIG]")
+    run.add_argument("--cgroup-root", help="cgroup v2 mount [PODNET_CGROUP_ROOT] (default: from /proc/self/mountinfo)")
+    run.add_argument("--interval", help="seconds between exports (default: OTEL_METRIC_EXPORT_INTERVAL ms, else 10)")
+    run.add_argument("--exporter", action="append", help="otlp (default), prometheus, console, none; repeatable "
+                     "[OTEL_METRICS_EXPORTER, comma list]")
+    run.add_argument("--prometheus-address", help="HOST:PORT of /metrics [PODNET_PROMETHEUS_ADDRESS] (default 0.0.0.0:9464)")
+    run.add_argument("--health-address", help="HOST:PORT of /healthz and /readyz [PODNET_HEALTH_ADDRESS] (default: off)")
+    for sp in (run,):
+        sp.add_argument("--log-level", default="info", help="debug, info, warning, error (default info)")
+        sp.add_argument("--log-format", default="text", help="text or json (default text)")
+    demo = sub.add_parser("demo", help="a simulated node with real traffic, per-pod figures beside the ground truth")
+    demo.add_argument("--log-level", default="warning")
+    check = sub.add_parser("check", help="preflight: is this node ready?")
+    check.add_argument("--cgroup-root", help="cgroup v2 mount (default: from /proc/self/mountinfo)")
+    sub.add_parser("version", help="version, libbpf version, BPF object build id")
+    return p
+
+
+def _settings(a: argparse.Namespace) -> Settings:
+    return build(
+        node_name=a.node_name,
+        pods_file=a.pods_file,
+        kubeconfig=a.kubeconfig,
+        cgroup_root=a.cgroup_root,
+        interval=a.interval,
+        exporters=a.exporter,
+        prometheus_address=a.prometheus_address,
+        health_address=a.health_address,
+        log_level=a.log_level,
+        log_format=a.log_format,
+    )
+
+
+def _version() -> int:
+    from . import libbpf
+    from .datapath import default_object_path
+
+    obj = default_object_path()
+    try:
+        build_id = hashlib.sha256(obj.read_bytes()).hexdigest()[:16]
+    except OSError:
+        build_id = f"missing ({obj})"
+    try:
+        lv = libbpf.version()
+    except OSError as exc:
+        lv = f"unavailable ({exc})"
+    print(f"otel-podnet {__version__}\nlibbpf {lv}\nbpf object {build_id}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if a.command == "version":
+        return _version()
+    if a.command == "check":
+        from .check import main as check_main
+
+        podnet_log.setup("warning")
+        return check_main(cgroup_root=Path(a.cgroup_root) if a.cgroup_root else None)
+    if a.command == "demo":
+        from .demo import main as demo_main
+
+        podnet_log.setup(a.log_level)
+        return demo_main()
+    try:
+        settings = _settings(a)
+    except ConfigError as exc:
+        print(f"otel-podnet: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    podnet_log.setup(settings.log_level, settings.log_format)
+    from .run import run
+
+    return run(settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

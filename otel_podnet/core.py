@@ -1,0 +1,74 @@
+"""The agent minus its exporters: the datapath, attribution and the pod source, turned
+into one :class:`Snapshot` per collection."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from logging import getLogger
+from pathlib import Path
+
+from .attribution import Attributor
+from .cgroups import CgroupIndex
+from .datapath import Datapath, DatapathConfig, default_object_path
+from .inventory import PodInfo, PodSource
+from .samples import Snapshot
+
+_logger = getLogger(__name__)
+
+
+def ephemeral_port_range(proc: Path = Path("/proc")) -> tuple[int, int]:
+    try:
+        lo, hi = (proc / "sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+class Core:
+    def __init__(
+        self,
+        cgroup_root: Path,
+        source: PodSource,
+        object_path: Path | None = None,
+        proc: Path = Path("/proc"),
+    ) -> None:
+        self.cgroup_root = cgroup_root
+        self.source = source
+        self.datapath = Datapath(
+            DatapathConfig(cgroup_root, object_path or default_object_path(), ephemeral_port_range(proc))
+        )
+        self.index = CgroupIndex(cgroup_root)
+        self.attributor = Attributor(self.datapath, self.index)
+        self._started = False
+
+    def start(self) -> None:
+        """Load, register what exists, then attach (see Attributor.start for why)."""
+        self.source.refresh()
+        self.datapath.open_and_load()
+        try:
+            self.attributor.start()
+            self.attributor.sync(self.source.pods())
+            self.datapath.attach()
+        except BaseException:
+            self.datapath.close()
+            raise
+        self._started = True
+
+    @property
+    def pods(self) -> Mapping[str, PodInfo]:
+        return self.source.pods()
+
+    def collect(self) -> Snapshot:
+        t0 = time.perf_counter()
+        self.source.refresh()
+        pods = self.source.pods()
+        self.attributor.sync(pods)
+        samples = self.attributor.snapshot(pods)
+        health = self.attributor.health(len(pods))
+        health = type(health)(**{**health.__dict__, "collection_seconds": time.perf_counter() - t0})
+        return Snapshot(tuple(samples), health)
+
+    def close(self) -> None:
+        self.datapath.close()
+        self.source.close()

@@ -1,0 +1,54 @@
+"""``--exporter console``: a per-pod table on stdout every interval."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import TextIO
+
+from ..inventory import PodInfo
+from ..samples import PodSample, Snapshot
+
+
+def pod_label(sample: PodSample, pods: Mapping[str, PodInfo]) -> str:
+    if sample.uid is None:
+        return "(node)"
+    pod = pods.get(sample.uid)
+    return f"{pod.namespace}/{pod.name}" if pod else f"uid:{sample.uid}"
+
+
+HEADER = (
+    f"{'POD':<32} {'OPEN out/in':>13} {'CLOSED out/in':>13} {'ACTIVE out/in':>13} {'FAILED':>7} "
+    f"{'TX bytes':>12} {'RX bytes':>12} {'TX pkts':>9} {'RX pkts':>9} {'TX payload':>12} {'RX payload':>12}"
+)
+
+
+def format_row(label: str, s: PodSample) -> str:
+    c = s.counters
+    return (
+        f"{label[:32]:<32} {f'{c.opened_out}/{c.opened_in}':>13} {f'{c.closed_out}/{c.closed_in}':>13} "
+        f"{f'{c.active_out}/{c.active_in}':>13} {sum(c.failed.values()):>7} "
+        f"{c.bytes_tx_tcp + c.bytes_tx_udp:>12} {c.bytes_rx_tcp + c.bytes_rx_udp:>12} "
+        f"{c.packets_tx_tcp + c.packets_tx_udp:>9} {c.packets_rx_tcp + c.packets_rx_udp:>9} "
+        f"{c.payload_tx:>12} {c.payload_rx:>12}"
+    )
+
+
+class ConsoleExporter:
+    def __init__(self, out: TextIO | None = None) -> None:
+        self._out = out or sys.stdout
+
+    def export(self, snapshot: Snapshot, pods: Mapping[str, PodInfo]) -> None:
+        lines = [HEADER]
+        for s in snapshot.samples:
+            lines.append(format_row(pod_label(s, pods) + (" (final)" if s.final else ""), s))
+        h = snapshot.health
+        lines.append(
+            f"-- pods {h.pods}, slots {h.slots_in_use}/{h.slots_capacity}, cgroups {h.cgroups_tracked}/"
+            f"{h.cgroups_capacity}, collected in {h.collection_seconds * 1000:.1f} ms"
+        )
+        self._out.write("\n".join(lines) + "\n\n")
+        self._out.flush()
+
+    def shutdown(self) -> None:
+        pass

@@ -1,0 +1,376 @@
+"""ctypes binding of the system libbpf (libbpf1): the only module that touches libbpf.
+
+It covers what the agent needs and nothing more: open and load an object, set its
+``const volatile`` globals, attach its programs through BPF links, and the map
+operations. Every failure raises :class:`LibbpfError` with the errno and what was tried.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Iterator
+from logging import getLogger
+from typing import Any
+
+_logger = getLogger(__name__)
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+_BTF_KIND_DATASEC = 15
+
+
+class LibbpfError(OSError):
+    """A libbpf call failed."""
+
+
+def _load_library() -> ctypes.CDLL:
+    candidates = [os.environ.get("PODNET_LIBBPF", ""), "libbpf.so.1", ctypes.util.find_library("bpf") or ""]
+    last: OSError | None = None
+    for name in candidates:
+        if not name:
+            continue
+        try:
+            return ctypes.CDLL(name, use_errno=True)
+        except OSError as exc:
+            last = exc
+    raise LibbpfError(errno.ENOENT, f"libbpf.so.1 not found ({last}); install libbpf1 (apt-get install libbpf1)")
+
+
+_lib: ctypes.CDLL | None = None
+_print_cb: Any = None
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded libbpf with prototypes declared (loaded on first use)."""
+    global _lib
+    if _lib is None:
+        _lib = _declare(_load_library())
+        _install_print()
+    return _lib
+
+
+def _declare(l: ctypes.CDLL) -> ctypes.CDLL:
+    vp, ci, cu32, cu64, cs = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_char_p
+    protos: dict[str, tuple[Any, list[Any]]] = {
+        "libbpf_major_version": (cu32, []),
+        "libbpf_minor_version": (cu32, []),
+        "libbpf_num_possible_cpus": (ci, []),
+        "libbpf_set_print": (vp, [vp]),
+        "bpf_object__open_file": (vp, [cs, vp]),
+        "bpf_object__load": (ci, [vp]),
+        "bpf_object__close": (None, [vp]),
+        "bpf_object__btf": (vp, [vp]),
+        "bpf_object__next_map": (vp, [vp, vp]),
+        "bpf_object__find_program_by_name": (vp, [vp, cs]),
+        "bpf_object__find_map_by_name": (vp, [vp, cs]),
+        "bpf_map__name": (cs, [vp]),
+        "bpf_map__fd": (ci, [vp]),
+        "bpf_map__initial_value": (vp, [vp, ctypes.POINTER(ctypes.c_size_t)]),
+        "bpf_program__fd": (ci, [vp]),
+        "bpf_program__attach": (vp, [vp]),
+        "bpf_program__attach_cgroup": (vp, [vp, ci]),
+        "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
+        "bpf_link__destroy": (ci, [vp]),
+        "btf__find_by_name_kind": (ctypes.c_int32, [vp, cs, cu32]),
+        "btf__type_by_id": (vp, [vp, cu32]),
+        "btf__name_by_offset": (cs, [vp, cu32]),
+        "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
+        "bpf_map_update_elem": (ci, [ci, vp, vp, cu64]),
+        "bpf_map_delete_elem": (ci, [ci, vp]),
+        "bpf_map_lookup_and_delete_elem": (ci, [ci, vp, vp]),
+        "bpf_map_get_next_key": (ci, [ci, vp, vp]),
+        "bpf_map_lookup_batch": (ci, [ci, vp, vp, vp, vp, ctypes.POINTER(cu32), vp]),
+        "bpf_prog_test_run_opts": (ci, [ci, vp]),
+    }
+    for name, (res, args) in protos.items():
+        fn = getattr(l, name)
+        fn.restype = res
+        fn.argtypes = args
+    return l
+
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+def _install_print() -> None:
+    """Route libbpf's messages (verifier log included) to our logger."""
+    global _print_cb
+    libc = ctypes.CDLL(None)
+    vsnprintf = libc.vsnprintf
+    vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+    def _cb(level: int, fmt: bytes, args: int) -> int:
+        buf = ctypes.create_string_buffer(4096)
+        vsnprintf(buf, len(buf), fmt, args)
+        text = buf.value.decode(errors="replace").rstrip()
+        if level == 0:  # LIBBPF_WARN
+            _logger.warning("libbpf: %s", text)
+        else:
+            _logger.debug("libbpf: %s", text)
+        return 0
+
+    _print_cb = _PRINT_FN(_cb)
+    assert _lib is not None
+    _lib.libbpf_set_print(ctypes.cast(_print_cb, ctypes.c_void_p))
+
+
+def version() -> str:
+    l = lib()
+    return f"{l.libbpf_major_version()}.{l.libbpf_minor_version()}"
+
+
+def num_possible_cpus() -> int:
+    n = int(lib().libbpf_num_possible_cpus())
+    if n <= 0:
+        raise LibbpfError(-n, "libbpf_num_possible_cpus failed")
+    return n
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = ctypes.get_errno() or -rc
+        raise LibbpfError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+def _check_ptr(ptr: int | None, what: str) -> int:
+    if not ptr:
+        err = ctypes.get_errno() or errno.EINVAL
+        raise LibbpfError(err, f"{what}: {os.strerror(err)}")
+    return ptr
+
+
+class Map:
+    """A BPF map of a loaded object, used through its fd."""
+
+    def __init__(self, name: str, fd: int, key_size: int, value_size: int) -> None:
+        self.name = name
+        self.fd = fd
+        self.key_size = key_size
+        self.value_size = value_size
+
+    def lookup(self, key: Any, value: Any) -> bool:
+        """Fill ``value`` (a ctypes object) for ``key``; False when absent."""
+        rc = lib().bpf_map_lookup_elem(self.fd, _ref(key), ctypes.byref(value))
+        if rc < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return False
+            raise LibbpfError(err, f"lookup in {self.name}: {os.strerror(err)}")
+        return True
+
+    def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
+        _check(lib().bpf_map_update_elem(self.fd, _ref(key), ctypes.byref(value), flags), f"update of {self.name}")
+
+    def delete(self, key: Any) -> bool:
+        rc = lib().bpf_map_delete_elem(self.fd, _ref(key))
+        if rc < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return False
+            raise LibbpfError(err, f"delete from {self.name}: {os.strerror(err)}")
+        return True
+
+    def push(self, value: Any) -> None:
+        """Push onto a queue map."""
+        _check(lib().bpf_map_update_elem(self.fd, None, ctypes.byref(value), BPF_ANY), f"push onto {self.name}")
+
+    def pop(self, value: Any) -> bool:
+        """Pop from a queue map; False when empty."""
+        rc = lib().bpf_map_lookup_and_delete_elem(self.fd, None, ctypes.byref(value))
+        if rc < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return False
+            raise LibbpfError(err, f"pop from {self.name}: {os.strerror(err)}")
+        return True
+
+    def items(self, key_type: type[Any], value_type: type[Any], batch: int = 512) -> Iterator[tuple[Any, Any]]:
+        """Every (key, value) pair, by batch lookups where the kernel has them."""
+        keys = (key_type * batch)()
+        values = (value_type * batch)()
+        token = ctypes.create_string_buffer(max(8, self.key_size))
+        count = ctypes.c_uint32()
+        first = True
+        while True:
+            count.value = batch
+            rc = lib().bpf_map_lookup_batch(
+                self.fd, None if first else token, token, keys, values, ctypes.byref(count), None
+            )
+            err = ctypes.get_errno() if rc < 0 else 0
+            if rc < 0 and err not in (errno.ENOENT,):
+                if err in (errno.EINVAL, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else 524, 524) and first:
+                    yield from self._items_slow(key_type, value_type)
+                    return
+                raise LibbpfError(err, f"batch lookup in {self.name}: {os.strerror(err)}")
+            for i in range(count.value):
+                yield keys[i], values[i]
+            if rc < 0:  # ENOENT: that was the last batch
+                return
+            first = False
+
+    def _items_slow(self, key_type: type[Any], value_type: type[Any]) -> Iterator[tuple[Any, Any]]:
+        key = key_type()
+        nxt = key_type()
+        rc = lib().bpf_map_get_next_key(self.fd, None, ctypes.byref(nxt))
+        while rc == 0:
+            value = value_type()
+            if self.lookup(nxt, value):
+                yield nxt, value
+            ctypes.memmove(ctypes.byref(key), ctypes.byref(nxt), ctypes.sizeof(key))
+            rc = lib().bpf_map_get_next_key(self.fd, ctypes.byref(key), ctypes.byref(nxt))
+
+
+def _ref(key: Any) -> Any:
+    return None if key is None else ctypes.byref(key)
+
+
+class Link:
+    """A BPF link: destroying it (or the process dying) detaches the program."""
+
+    def __init__(self, ptr: int, what: str) -> None:
+        self._ptr: int | None = ptr
+        self.what = what
+
+    def destroy(self) -> None:
+        if self._ptr:
+            lib().bpf_link__destroy(self._ptr)
+            self._ptr = None
+
+
+class BpfObject:
+    """An opened (then loaded) BPF object file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._obj: int | None = _check_ptr(lib().bpf_object__open_file(path.encode(), None), f"opening {path}")
+        self._links: list[Link] = []
+        self.loaded = False
+
+    def _o(self) -> int:
+        if not self._obj:
+            raise LibbpfError(errno.EBADF, "BPF object already closed")
+        return self._obj
+
+    def _map_ptr(self, name: str) -> int:
+        return _check_ptr(lib().bpf_object__find_map_by_name(self._o(), name.encode()), f"map {name} in {self.path}")
+
+    def _internal_map(self, suffix: str) -> int:
+        m = lib().bpf_object__next_map(self._o(), None)
+        while m:
+            if (lib().bpf_map__name(m) or b"").decode().endswith(suffix):
+                return int(m)
+            m = lib().bpf_object__next_map(self._o(), m)
+        raise LibbpfError(errno.ENOENT, f"no {suffix} section in {self.path}")
+
+    def section_var_offset(self, section: str, var: str) -> tuple[int, int]:
+        """(offset, size) of a global variable in a data section, from the object's BTF."""
+        l = lib()
+        btf = _check_ptr(l.bpf_object__btf(self._o()), f"BTF of {self.path}")
+        sec_id = l.btf__find_by_name_kind(btf, section.encode(), _BTF_KIND_DATASEC)
+        if sec_id < 0:
+            raise LibbpfError(errno.ENOENT, f"no BTF section {section} in {self.path}")
+        t = l.btf__type_by_id(btf, sec_id)
+        header = (ctypes.c_uint32 * 3).from_address(t)  # name_off, info, size
+        vlen = header[1] & 0xFFFF
+        infos = (ctypes.c_uint32 * (3 * vlen)).from_address(t + 12)  # type, offset, size
+        for i in range(vlen):
+            vt = l.btf__type_by_id(btf, infos[3 * i])
+            name = l.btf__name_by_offset(btf, (ctypes.c_uint32 * 1).from_address(vt)[0])
+            if name == var.encode():
+                return int(infos[3 * i + 1]), int(infos[3 * i + 2])
+        raise LibbpfError(errno.ENOENT, f"no variable {var} in {section} of {self.path}")
+
+    def set_rodata(self, var: str, value: Any) -> None:
+        """Set a ``const volatile`` global before load."""
+        if self.loaded:
+            raise LibbpfError(errno.EBUSY, "rodata can only be set before load")
+        offset, size = self.section_var_offset(".rodata", var)
+        if size != ctypes.sizeof(value):
+            raise LibbpfError(errno.EINVAL, f"{var} is {size} bytes in the object, {ctypes.sizeof(value)} given")
+        psize = ctypes.c_size_t()
+        base = _check_ptr(lib().bpf_map__initial_value(self._internal_map(".rodata"), ctypes.byref(psize)), "rodata")
+        ctypes.memmove(base + offset, ctypes.byref(value), size)
+
+    def load(self) -> None:
+        _check(lib().bpf_object__load(self._o()), f"loading {self.path} (the verifier log, if any, is above)")
+        self.loaded = True
+
+    def map(self, name: str, key_size: int, value_size: int) -> Map:
+        fd = _check(lib().bpf_map__fd(self._map_ptr(name)), f"fd of map {name}")
+        return Map(name, fd, key_size, value_size)
+
+    def bss_map(self, value_size: int) -> Map:
+        fd = _check(lib().bpf_map__fd(self._internal_map(".bss")), "fd of .bss")
+        return Map(".bss", fd, 4, value_size)
+
+    def _prog(self, name: str) -> int:
+        return _check_ptr(lib().bpf_object__find_program_by_name(self._o(), name.encode()), f"program {name}")
+
+    def prog_fd(self, name: str) -> int:
+        return _check(lib().bpf_program__fd(self._prog(name)), f"fd of program {name}")
+
+    def attach(self, name: str) -> Link:
+        """Attach a program by the kind its section names (tp_btf/... here)."""
+        link = Link(_check_ptr(lib().bpf_program__attach(self._prog(name)), f"attaching {name}"), name)
+        self._links.append(link)
+        return link
+
+    def attach_cgroup(self, name: str, cgroup_path: str) -> Link:
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            ptr = lib().bpf_program__attach_cgroup(self._prog(name), fd)
+            link = Link(_check_ptr(ptr, f"attaching {name} to the cgroup {cgroup_path}"), name)
+        finally:
+            os.close(fd)
+        self._links.append(link)
+        return link
+
+    def close(self) -> None:
+        """Detach every program and free the object (maps and programs go with it)."""
+        for link in reversed(self._links):
+            link.destroy()
+        self._links.clear()
+        if self._obj:
+            lib().bpf_object__close(self._obj)
+            self._obj = None
+
+
+class ProgTestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (libbpf 1.x layout)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> int:
+    """BPF_PROG_TEST_RUN with a packet; returns the program's return value."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    out = ctypes.create_string_buffer(len(data) + 256)
+    opts = ProgTestRunOpts(sz=ctypes.sizeof(ProgTestRunOpts))
+    opts.data_in = ctypes.cast(buf, ctypes.c_void_p)
+    opts.data_size_in = len(data)
+    opts.data_out = ctypes.cast(out, ctypes.c_void_p)
+    opts.data_size_out = len(out)
+    opts.repeat = repeat
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    return int(opts.retval)

@@ -1,0 +1,62 @@
+"""Wiring of ``otel-podnet run`` from its settings; maps failures to the exit codes."""
+
+from __future__ import annotations
+
+import sys
+from logging import getLogger
+
+from .agent import Agent
+from .cgroups import CgroupError, find_cgroup2_mount
+from .core import Core
+from .exporters import Exporter
+from .inventory import InventoryError, NoPods, PodsFileSource, PodSource
+from .libbpf import LibbpfError
+from .settings import ConfigError, Settings
+
+_logger = getLogger(__name__)
+
+
+def make_source(settings: Settings) -> PodSource:
+    if settings.pods_file is not None:
+        _logger.info("pod inventory: pods file %s", settings.pods_file)
+        return PodsFileSource(settings.pods_file, settings.node_name)
+    from .kube_source import maybe_api_source
+
+    src = maybe_api_source(settings)
+    if src is not None:
+        return src
+    _logger.info("pod inventory: host mode (no pods file, no Kubernetes config): pods known by cgroup UID only")
+    return NoPods()
+
+
+def make_exporters(settings: Settings) -> list[Exporter]:
+    from .exporters.factory import build_exporters
+
+    return build_exporters(settings)
+
+
+def run(settings: Settings) -> int:
+    try:
+        cgroup_root = settings.cgroup_root or find_cgroup2_mount()
+        exporters = make_exporters(settings)
+        source = make_source(settings)
+        source.refresh()
+    except (ConfigError, InventoryError) as exc:
+        print(f"otel-podnet: {exc}", file=sys.stderr)
+        return 2
+    except CgroupError as exc:
+        print(f"otel-podnet: {exc}", file=sys.stderr)
+        return 3
+    core = Core(cgroup_root, source)
+    agent = Agent(core, exporters, settings.interval)
+    agent.install_signal_handlers()
+    try:
+        return agent.run()
+    except LibbpfError as exc:
+        from .check import run_checks
+
+        print(f"otel-podnet: the kernel side could not start: {exc}", file=sys.stderr)
+        for r in run_checks(cgroup_root):
+            if not r.ok:
+                print(r.line(), file=sys.stderr)
+        return 3

@@ -1,0 +1,120 @@
+"""Settings of ``otel-podnet run``: options, then their environment variables, then defaults.
+
+Every bad value is a :class:`ConfigError` whose message names the value and what was
+expected; the CLI prints it on one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+EXPORTERS = ("otlp", "prometheus", "console", "none")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(Exception):
+    """A bad option or environment value (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_name: str
+    pods_file: Path | None
+    kubeconfig: Path | None
+    cgroup_root: Path | None  # None: found in /proc/self/mountinfo
+    interval: float
+    exporters: tuple[str, ...]
+    prometheus_address: tuple[str, int]
+    health_address: tuple[str, int] | None
+    log_level: str
+    log_format: str
+
+
+def parse_address(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} {value!r}: expected HOST:PORT with a port from 1 to 65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_interval(cli: str | None, env: Mapping[str, str]) -> float:
+    if cli is not None:
+        try:
+            v = float(cli)
+        except ValueError:
+            raise ConfigError(f"--interval {cli!r}: expected a number of seconds") from None
+        what = f"--interval {cli!r}"
+    elif env.get("OTEL_METRIC_EXPORT_INTERVAL"):
+        raw = env["OTEL_METRIC_EXPORT_INTERVAL"]
+        try:
+            v = float(raw) / 1000.0
+        except ValueError:
+            raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL {raw!r}: expected milliseconds") from None
+        what = f"OTEL_METRIC_EXPORT_INTERVAL {raw!r}"
+    else:
+        return 10.0
+    if not 0.05 <= v <= 86400:
+        raise ConfigError(f"{what}: expected an interval between 0.05 s and 1 day")
+    return v
+
+
+def parse_exporters(cli: list[str] | None, env: Mapping[str, str]) -> tuple[str, ...]:
+    if cli:
+        names, what = [n.strip() for item in cli for n in item.split(",")], "--exporter"
+    elif env.get("OTEL_METRICS_EXPORTER"):
+        names, what = [n.strip() for n in env["OTEL_METRICS_EXPORTER"].split(",")], "OTEL_METRICS_EXPORTER"
+    else:
+        return ("otlp",)
+    for n in names:
+        if n not in EXPORTERS:
+            raise ConfigError(f"{what} {n!r}: expected one of {', '.join(EXPORTERS)}")
+    return tuple(n for n in dict.fromkeys(names) if n != "none")
+
+
+def build(
+    *,
+    node_name: str | None,
+    pods_file: str | None,
+    kubeconfig: str | None,
+    cgroup_root: str | None,
+    interval: str | None,
+    exporters: list[str] | None,
+    prometheus_address: str | None,
+    health_address: str | None,
+    log_level: str,
+    log_format: str,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    env = os.environ if env is None else env
+    pods = pods_file or env.get("PODNET_PODS_FILE") or None
+    kube = kubeconfig or env.get("KUBECONFIG") or None
+    cg = cgroup_root or env.get("PODNET_CGROUP_ROOT") or None
+    if cg is not None and not Path(cg).is_dir():
+        raise ConfigError(f"--cgroup-root {cg!r}: expected the cgroup v2 mount directory")
+    if pods is not None and not Path(pods).is_file():
+        raise ConfigError(f"--pods-file {pods!r}: expected an existing PodList file (kubectl get pods -o yaml)")
+    if kube is not None and ":" not in kube and not Path(kube).is_file():
+        raise ConfigError(f"--kubeconfig {kube!r}: expected an existing kubeconfig file")
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level {log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"--log-format {log_format!r}: expected one of {', '.join(LOG_FORMATS)}")
+    prom = prometheus_address or env.get("PODNET_PROMETHEUS_ADDRESS") or "0.0.0.0:9464"
+    health = health_address or env.get("PODNET_HEALTH_ADDRESS") or None
+    return Settings(
+        node_name=node_name or env.get("NODE_NAME") or socket.gethostname(),
+        pods_file=Path(pods) if pods else None,
+        kubeconfig=Path(kube) if kube else None,
+        cgroup_root=Path(cg) if cg else None,
+        interval=parse_interval(interval, env),
+        exporters=parse_exporters(exporters, env),
+        prometheus_address=parse_address(prom, "--prometheus-address"),
+        health_address=parse_address(health, "--health-address") if health else None,
+        log_level=log_level,
+        log_format=log_format,
+    )
