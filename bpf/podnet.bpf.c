@@ -41,6 +41,14 @@
 #define TCP_SYN_SENT	2
 #define TCP_SYN_RECV	3
 #define TCP_CLOSE	7
+#define TCP_LISTEN	10
+
+/* States in which rcv_nxt is the peer's stream position (SYN seen, not a listener). */
+static __always_inline bool rcv_nxt_valid(__u32 state)
+{
+	return state != TCP_SYN_SENT && state != TCP_SYN_RECV && state != TCP_CLOSE &&
+	       state != TCP_LISTEN && state != BPF_TCP_NEW_SYN_RECV;
+}
 
 #define AF_INET		2
 #define AF_INET6	10
@@ -202,16 +210,20 @@ static __always_inline bool guess_inbound(__u16 lport, __u16 rport)
 struct pkt_info {
 	__u32 hdr_len;		/* IP + L4 header bytes of one segment */
 	__u32 transport;	/* PODNET_TCP / PODNET_UDP */
+	__u32 seq;		/* TCP: sequence number of the first payload byte */
 	bool l4_ok;		/* L4 header present: payload is known */
+	bool fin;		/* TCP FIN */
 };
 
 /* Parse the IP and L4 headers; false for anything not counted (non-IP, not TCP/UDP). */
 static __always_inline bool parse(struct __sk_buff *skb, struct pkt_info *pi)
 {
+	pi->fin = false;
+	pi->seq = 0;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 l3_len, l4_len = 0;
-	__u8 proto, l4b[13];
+	__u8 proto, l4b[14];
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = data;
@@ -253,6 +265,9 @@ static __always_inline bool parse(struct __sk_buff *skb, struct pkt_info *pi)
 		l4_len = (l4b[12] >> 4) * 4;
 		if (l4_len < sizeof(struct tcphdr))
 			goto no_l4;
+		pi->seq = ((__u32)l4b[4] << 24 | (__u32)l4b[5] << 16 | (__u32)l4b[6] << 8 | l4b[7]) +
+			  ((l4b[13] & 0x02) ? 1 : 0);	/* a SYN takes one sequence number */
+		pi->fin = l4b[13] & 0x01;
 	} else if (proto == IPPROTO_UDP) {
 		pi->transport = PODNET_UDP;
 		if (skb->len < l3_len + 8)
@@ -292,6 +307,43 @@ static __always_inline bool skb_local_ip(struct __sk_buff *skb, int io, struct p
 		return true;
 	}
 	return bpf_skb_load_bytes(skb, io == PODNET_TX ? 8 : 24, key->addr, 16) == 0;
+}
+
+/*
+ * Advance a payload mark to ``end`` and return the bytes beyond it: from ``start`` when the
+ * mark is not valid yet or (``gaps``) lies before ``start``, else from the mark. A
+ * compare-and-swap, because ingress and egress of one socket can run on two CPUs at once.
+ */
+static __always_inline __u32 advance_seq(__u64 *hw, __u32 start, __u32 end, const bool gaps)
+{
+	__u64 cur = *hw, prev;
+	__u32 from;
+
+	for (int i = 0; i < 4; i++) {
+		from = start;
+		if (cur) {
+			__u32 h = (__u32)cur;
+
+			if ((__s32)(end - h) <= 0)
+				return 0;
+			if (!gaps || (__s32)(h - start) > 0)
+				from = h;
+		}
+		prev = __sync_val_compare_and_swap(hw, cur, (1ULL << 32) | end);
+		if (prev == cur)
+			return end - from;
+		cur = prev;
+	}
+	return 0;
+}
+
+/* Received payload: in-order bytes up to rcv_nxt, never the FIN's sequence number. */
+static __always_inline __u32 advance_rx(struct podnet_sock *st, __u32 rcv_nxt)
+{
+	if ((st->flags & PODNET_SK_FIN_RX) && (__s32)(rcv_nxt - st->fin_seq) > 0)
+		rcv_nxt = st->fin_seq;
+	/* First sight: count from here on (a connection older than the agent). */
+	return advance_seq(&st->seq_hw[PODNET_RX], rcv_nxt, rcv_nxt, false);
 }
 
 static __always_inline int count_skb(struct __sk_buff *skb, const int io)
@@ -348,8 +400,25 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		segs = 1;
 	__sync_fetch_and_add(&c->bytes[io][pi.transport], skb->len + (segs - 1) * pi.hdr_len);
 	__sync_fetch_and_add(&c->packets[io][pi.transport], segs);
-	if (pi.transport == PODNET_TCP && pi.l4_ok && skb->len > pi.hdr_len)
-		__sync_fetch_and_add(&c->payload[io], skb->len - pi.hdr_len);
+	if (pi.transport == PODNET_TCP && pi.l4_ok) {
+		struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+		__u32 len = skb->len - pi.hdr_len, fresh;
+
+		if (io == PODNET_TX) {
+			fresh = advance_seq(&st->seq_hw[PODNET_TX], pi.seq, pi.seq + len, true);
+			if (fresh)
+				__sync_fetch_and_add(&c->payload[PODNET_TX], fresh);
+		} else if (pi.fin) {
+			st->fin_seq = pi.seq + len;
+			__sync_fetch_and_or(&st->flags, PODNET_SK_FIN_RX);
+		}
+		/* rcv_nxt moves after the stack has taken a segment: read it on every packet. */
+		if (tp && rcv_nxt_valid(state)) {
+			fresh = advance_rx(st, tp->rcv_nxt);
+			if (fresh)
+				__sync_fetch_and_add(&c->payload[PODNET_RX], fresh);
+		}
+	}
 	return SK_PASS;
 }
 
@@ -419,9 +488,8 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 	struct podnet_sock *st;
 	__u32 old;
 
-	/* Early exit for the transitions we do not count. */
-	if (newstate != TCP_ESTABLISHED && oldstate != TCP_ESTABLISHED &&
-	    !(oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE))
+	/* Early exit for the transitions we do not count (or read rcv_nxt at: the close). */
+	if (newstate != TCP_ESTABLISHED && oldstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
 		return 0;
 	if (podnet_sk_protocol(sk) != IPPROTO_TCP)
 		return 0;
@@ -431,6 +499,14 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 	c = slot_counters(st->slot);
 	if (!c)
 		return 0;
+
+	/* The last received bytes, when no packet of ours follows them (a close). */
+	if (rcv_nxt_valid(oldstate) || newstate == TCP_ESTABLISHED) {
+		__u32 fresh = advance_rx(st, BPF_CORE_READ((struct tcp_sock *)sk, rcv_nxt));
+
+		if (fresh)
+			__sync_fetch_and_add(&c->payload[PODNET_RX], fresh);
+	}
 
 	if (newstate == TCP_ESTABLISHED) {
 		bool in = oldstate == TCP_SYN_RECV;
@@ -447,7 +523,7 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 		if (old & PODNET_SK_ESTABLISHED)
 			__sync_fetch_and_add(&c->closed[(old & PODNET_SK_INBOUND) ?
 							PODNET_INBOUND : PODNET_OUTBOUND], 1);
-	} else {
+	} else if (oldstate == TCP_SYN_SENT) {
 		/* SYN_SENT -> CLOSE: the kernel sets sk_err before it closes the socket. */
 		__sync_fetch_and_add(&c->failed[fail_reason(BPF_CORE_READ(sk, sk_err))], 1);
 	}

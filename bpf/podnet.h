@@ -23,6 +23,7 @@
 #define PODNET_SK_RESOLVED	(1U << 0)	/* slot/gen are valid */
 #define PODNET_SK_ESTABLISHED	(1U << 1)	/* counted as active (opened or adopted) */
 #define PODNET_SK_INBOUND	(1U << 2)	/* direction of the counted connection */
+#define PODNET_SK_FIN_RX	(1U << 3)	/* a FIN arrived: fin_seq is valid */
 
 enum podnet_dir { PODNET_OUTBOUND = 0, PODNET_INBOUND = 1, PODNET_NDIRS = 2 };
 enum podnet_io { PODNET_TX = 0, PODNET_RX = 1, PODNET_NIO = 2 };
@@ -68,9 +69,16 @@ struct podnet_ip_val {
 /* Socket-local storage: what we resolved once for this socket. */
 struct podnet_sock {
 	__u32 slot;	/* where this socket's traffic is counted */
-	__u32 gen;	/* podnet_slot_gen[slot] when resolved; a change forces a re-resolve */
+	__u32 gen;	/* podnet_gen when resolved; a change forces a re-resolve */
 	__u32 flags;	/* PODNET_SK_* */
-	__u32 pad;
+	__u32 fin_seq;	/* sequence number of the peer's FIN */
+	/*
+	 * TCP payload marks per direction (PODNET_TX/RX): bit 32 set = valid, low 32 bits =
+	 * the sequence number after the last payload byte counted. Sent payload advances with
+	 * the highest sequence sent (a retransmission adds nothing); received payload advances
+	 * with rcv_nxt, the bytes delivered in order (duplicates and holes add nothing).
+	 */
+	__u64 seq_hw[2];
 };
 
 /* Agent health counters (podnet_health, per-CPU array). */

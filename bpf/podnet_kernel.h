@@ -38,6 +38,10 @@ struct sock {
 	struct sock_cgroup_data sk_cgrp_data;
 };
 
+struct tcp_sock {
+	__u32 rcv_nxt;
+};
+
 struct sk_buff {
 	unsigned char *head;
 	__u32 end;			/* an offset from head on 64-bit kernels */

@@ -129,7 +129,7 @@ class Datapath:
     def cgroup_entries(self) -> Iterator[tuple[int, int, int]]:
         """(cgroup id, slot, kind) of every cgroup the kernel or we registered."""
         for key, val in self.cgroups.items(ctypes.c_uint64, abi.PodnetCgroup):
-            yield int(key.value), int(val.slot), int(val.kind)
+            yield int(key), int(val.slot), int(val.kind)
 
     def set_cgroup(self, cgid: int, slot: int, kind: int, only_new: bool = False) -> bool:
         try:
