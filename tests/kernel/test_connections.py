@@ -1,0 +1,136 @@
+"""TCP connections and payload per pod against what the workloads themselves did."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from otel_podnet.simnode import SimNode
+
+from .conftest import Agent
+
+
+def tcp_snmp(netns: str) -> dict[str, int]:
+    """The namespace's Tcp: counters from /proc/net/snmp."""
+    from otel_podnet.simnode import sh
+
+    lines = [ln.split() for ln in sh("ip", "netns", "exec", netns, "cat", "/proc/net/snmp").splitlines() if ln.startswith("Tcp:")]
+    return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=True)}
+
+
+def test_fifty_connections_exact(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    a, b = node.add_pod("client"), node.add_pod("server", driver="cgroupfs")
+    agent = start_agent()
+    srv = node.workload(b, "tcp-server", addr=b.ip4, port=5000, count=50, recv=1_000_000, send=10_000)
+    node.wait_ready(srv)
+    cli = node.workload(a, "tcp-client", addr=b.ip4, port=5000, count=50, send=1_000_000, recv=10_000)
+    truth_cli, truth_srv = node.result(cli), node.result(srv)
+    assert truth_cli == {"connected": 50, "sent": 50_000_000, "received": 500_000}
+    assert truth_srv == {"accepted": 50, "received": 50_000_000, "sent": 500_000}
+
+    ca = agent.settle(a, lambda c: c.closed_out == 50 and c.payload_rx == 500_000)
+    cb = agent.settle(b, lambda c: c.closed_in == 50 and c.payload_rx == 50_000_000)
+    assert (ca.opened_out, ca.closed_out, ca.active_out, ca.opened_in) == (50, 50, 0, 0)
+    assert (cb.opened_in, cb.closed_in, cb.active_in, cb.opened_out) == (50, 50, 0, 0)
+    assert (ca.payload_tx, ca.payload_rx) == (truth_cli["sent"], truth_cli["received"])
+    assert (cb.payload_rx, cb.payload_tx) == (truth_srv["received"], truth_srv["sent"])
+    assert sum(ca.failed.values()) == sum(cb.failed.values()) == 0
+    # what one side sent on the wire is what the other received
+    assert (ca.bytes_tx_tcp, ca.packets_tx_tcp) == (cb.bytes_rx_tcp, cb.packets_rx_tcp)
+    assert (cb.bytes_tx_tcp, cb.packets_tx_tcp) == (ca.bytes_rx_tcp, ca.packets_rx_tcp)
+    # the node carried none of it
+    n = agent.counters(None)
+    assert n.bytes_tx_tcp == n.bytes_rx_tcp == n.opened_out == n.opened_in == 0
+
+
+def test_refused_connections(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    a, b = node.add_pod("client"), node.add_pod("server")
+    agent = start_agent()
+    truth = node.result(node.workload(a, "connect-fail", addr=b.ip4, port=5999, count=20))
+    assert truth == {"ECONNREFUSED": 20}
+    c = agent.settle(a, lambda c: c.failed_refused == 20)
+    assert c.failed == {"refused": 20, "timeout": 0, "unreachable": 0, "reset": 0, "other": 0}
+    assert (c.opened_out, c.opened_in, c.closed_out, c.active_out) == (0, 0, 0, 0)
+    assert c.resets_rx == 20  # each refusal is an RST received
+
+
+def test_timeout_with_short_syn_retries(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    a = node.add_pod("client")
+    silent = f"198.18.{node.net}.250"
+    # an address on the pod's subnet whose "host" never answers: a neighbour entry to a
+    # MAC nobody has, so the SYNs leave and nothing comes back
+    node_ns_dev = "eth0"
+    from otel_podnet.simnode import sh
+
+    sh("ip", "-n", a.netns, "neigh", "replace", silent, "lladdr", "02:00:00:00:00:01", "dev", node_ns_dev, "nud", "permanent")
+    node.sysctl(a, "net.ipv4.tcp_syn_retries=1")
+    agent = start_agent()
+    truth = node.result(node.workload(a, "connect-fail", addr=silent, port=80, count=2), timeout=60)
+    assert truth == {"ETIMEDOUT": 2}
+    c = agent.settle(a, lambda c: c.failed_timeout == 2)
+    assert c.failed == {"refused": 0, "timeout": 2, "unreachable": 0, "reset": 0, "other": 0}
+    assert c.opened_out == 0
+    # every SYN that left the pod: one per attempt plus the retransmissions, which the
+    # kernel's own counter of the pod's namespace also saw
+    assert c.retransmits == tcp_snmp(a.netns)["RetransSegs"]
+    assert c.packets_tx_tcp == 2 + c.retransmits
+
+
+def test_ten_thousand_short_connections(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    a, b = node.add_pod("client"), node.add_pod("server")
+    agent = start_agent()
+    srv = node.workload(b, "tcp-server", addr=b.ip4, port=5001, count=10_000, recv=1, send=1)
+    node.wait_ready(srv)
+    cli = node.workload(a, "tcp-client", addr=b.ip4, port=5001, count=10_000, send=1, recv=1)
+    assert node.result(cli, timeout=300)["connected"] == 10_000
+    assert node.result(srv, timeout=60)["accepted"] == 10_000
+    ca = agent.settle(a, lambda c: c.closed_out == 10_000)
+    cb = agent.settle(b, lambda c: c.closed_in == 10_000)
+    assert (ca.opened_out, ca.closed_out, ca.active_out) == (10_000, 10_000, 0)
+    assert (cb.opened_in, cb.closed_in, cb.active_in) == (10_000, 10_000, 0)
+    assert (ca.payload_tx, ca.payload_rx, cb.payload_tx, cb.payload_rx) == (10_000,) * 4
+
+
+def test_connections_older_than_the_agent(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    a, b = node.add_pod("client"), node.add_pod("server")
+    srv = node.workload(b, "echo-server", addr=b.ip4, port=5002, count=7)
+    node.wait_ready(srv)
+    holder = node.workload(a, "hold", stdin=True, addr=b.ip4, port=5002, count=7, size=1000)
+    node.wait_ready(holder)
+    agent = start_agent()  # the 7 connections are established already
+    before = agent.counters(a)
+    assert (before.opened_out, before.active_out) == (0, 0)  # not seen yet
+
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write("send\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "sent"
+    ca = agent.settle(a, lambda c: c.active_out == 7)
+    cb = agent.settle(b, lambda c: c.active_in == 7)
+    assert (ca.opened_out, ca.adopted_out, ca.active_out) == (0, 7, 7)
+    assert (cb.opened_in, cb.adopted_in, cb.active_in) == (0, 7, 7)
+    assert ca.payload_tx == cb.payload_rx == 7000
+
+    holder.stdin.write("close\n")
+    holder.stdin.flush()
+    node.result(holder)
+    node.result(srv)
+    ca = agent.settle(a, lambda c: c.closed_out == 7)
+    cb = agent.settle(b, lambda c: c.closed_in == 7)
+    assert (ca.active_out, ca.closed_out, cb.active_in, cb.closed_in) == (0, 7, 0, 7)
+    # never below zero, in the raw counters too
+    assert ca.opened_out + ca.adopted_out - ca.closed_out == 0
+
+
+def test_ipv6_counted_like_ipv4(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    a, b = node.add_pod("client", ipv6=True), node.add_pod("server", ipv6=True)
+    agent = start_agent()
+    assert b.ip6
+    srv = node.workload(b, "tcp-server", addr=b.ip6, port=5003, count=5, recv=200_000, send=3_000)
+    node.wait_ready(srv)
+    node.result(node.workload(a, "tcp-client", addr=b.ip6, port=5003, count=5, send=200_000, recv=3_000))
+    node.result(srv)
+    ca = agent.settle(a, lambda c: c.closed_out == 5 and c.payload_rx == 15_000)
+    cb = agent.settle(b, lambda c: c.closed_in == 5 and c.payload_rx == 1_000_000)
+    assert (ca.opened_out, ca.closed_out, cb.opened_in, cb.closed_in) == (5, 5, 5, 5)
+    assert (ca.payload_tx, ca.payload_rx, cb.payload_rx, cb.payload_tx) == (1_000_000, 15_000, 1_000_000, 15_000)
+    assert (ca.bytes_tx_tcp, ca.packets_tx_tcp) == (cb.bytes_rx_tcp, cb.packets_rx_tcp)
