@@ -83,6 +83,9 @@ class SimNode:
         try:
             self._mknetns(self.node_ns)
             sh("ip", "-n", self.node_ns, "link", "add", "br0", "type", "bridge")
+            # no IGMP reports from the node or the pods: the wire carries only test traffic
+            sh("ip", "-n", self.node_ns, "link", "set", "br0", "multicast", "off")
+            sh("ip", "netns", "exec", self.node_ns, "sysctl", "-qw", "net.ipv4.igmp_link_local_mcast_reports=0")
             sh("ip", "-n", self.node_ns, "addr", "add", f"{self.node_ip4}/24", "dev", "br0")
             sh("ip", "-n", self.node_ns, "-6", "addr", "add", f"{self.node_ip6}/64", "dev", "br0", "nodad")
             sh("ip", "-n", self.node_ns, "link", "set", "br0", "up")
@@ -147,6 +150,8 @@ class SimNode:
             self._mknetns(ns)
             host_if = f"veth{self.tag}{h}"
             sh("ip", "-n", self.node_ns, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", self.node_ns, "link", "set", host_if, "multicast", "off")
+            sh("ip", "-n", ns, "link", "set", "eth0", "multicast", "off")
             sh("ip", "-n", self.node_ns, "link", "set", host_if, "master", "br0", "up")
             ip4 = NET4.format(n=self.net, h=h)
             ip6 = NET6.format(n=self.net, h=h) if ipv6 else None
@@ -164,7 +169,13 @@ class SimNode:
         return pod
 
     def static_neighbors(self) -> None:
-        """Permanent neighbour entries everywhere, so no ARP or ND crosses the veths."""
+        """Make the wire quiet: permanent neighbour entries everywhere, so no ARP crosses
+        the veths, and no IPv6 (router solicitations, MLD) on the node side when
+        no pod uses it."""
+        node_devs = ["br0", *(p.host_iface for p in self.pods if p.host_iface)]
+        if not any(p.ip6 for p in self.pods):
+            for dev in node_devs:
+                sh("ip", "netns", "exec", self.node_ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
         br_mac = json.loads(sh("ip", "-j", "-n", self.node_ns, "link", "show", "br0"))[0]["address"]
         hosts = [(p.ip4, p.ip6, p.mac) for p in self.pods if not p.host_network]
         hosts.append((self.node_ip4, self.node_ip6, br_mac))

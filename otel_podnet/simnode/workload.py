@@ -75,6 +75,12 @@ def tcp_client(a: argparse.Namespace) -> dict[str, int]:
             c.sendall(payload)
         totals["sent"] += len(payload)
         totals["received"] += _recv_exact(c, a.recv)
+        # A graceful close: our FIN, then the peer's, while the socket is still ours. (A
+        # bare close() orphans the socket; the kernel then turns it into a timewait
+        # mini-socket in FIN_WAIT2, and the peer's FIN reaches no full socket.)
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(65536):
+            pass
         c.close()
     return totals
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import functools
 import json
 import os
@@ -87,15 +88,12 @@ def build_kube() -> Path:
         return Path(override)
     proc = subprocess.run(
         ["bash", str(BUILD_SCRIPT)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"{BUILD_SCRIPT} failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}"
-        )
+        raise RuntimeError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}")
     lines = proc.stdout.strip().splitlines()
     if not lines:
         raise RuntimeError(f"{BUILD_SCRIPT} printed no output directory")
@@ -137,10 +135,23 @@ def _issue_cert(
     _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
     signer = ["-signkey", str(key)] if ca is None else ["-CA", str(ca[1]), "-CAkey", str(ca[0])]
     _openssl(
-        "x509", "-req", "-in", str(csr), *signer, "-set_serial", str(serial),
-        "-days", "3650", "-sha256", "-extfile", str(ext), "-extensions", "v3",
-        "-out", str(crt),
-    )  # fmt: skip
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        *signer,
+        "-set_serial",
+        str(serial),
+        "-days",
+        "3650",
+        "-sha256",
+        "-extfile",
+        str(ext),
+        "-extensions",
+        "v3",
+        "-out",
+        str(crt),
+    )
     return key, crt
 
 
@@ -148,27 +159,45 @@ class _Pki:
     def __init__(self, pki: Path) -> None:
         pki.mkdir(parents=True, exist_ok=True)
         self.ca_key, self.ca_crt = _issue_cert(
-            pki, "ca", "/CN=otel-podnet-e2e-ca",
-            ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign",
-             "subjectKeyIdentifier=hash"],
-            None, 1,
-        )  # fmt: skip
+            pki,
+            "ca",
+            "/CN=otel-podnet-e2e-ca",
+            ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign", "subjectKeyIdentifier=hash"],
+            None,
+            1,
+        )
         ca = (self.ca_key, self.ca_crt)
         self.serving_key, self.serving_crt = _issue_cert(
-            pki, "apiserver", "/CN=kube-apiserver",
-            ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature",
-             "extendedKeyUsage=serverAuth",
-             "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
-             "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-             "DNS:kubernetes.default.svc.cluster.local"],
-            ca, 2,
-        )  # fmt: skip
+            pki,
+            "apiserver",
+            "/CN=kube-apiserver",
+            [
+                "basicConstraints=critical,CA:FALSE",
+                "keyUsage=critical,digitalSignature",
+                "extendedKeyUsage=serverAuth",
+                "subjectKeyIdentifier=hash",
+                "authorityKeyIdentifier=keyid:always",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
+                "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+                "DNS:kubernetes.default.svc.cluster.local",
+            ],
+            ca,
+            2,
+        )
         self.admin_key, self.admin_crt = _issue_cert(
-            pki, "admin", f"/O=system:masters/CN={ADMIN_USER}",
-            ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature",
-             "extendedKeyUsage=clientAuth"],
-            ca, 3,
-        )  # fmt: skip
+            pki,
+            "admin",
+            f"/O=system:masters/CN={ADMIN_USER}",
+            [
+                "basicConstraints=critical,CA:FALSE",
+                "keyUsage=critical,digitalSignature",
+                "extendedKeyUsage=clientAuth",
+                "subjectKeyIdentifier=hash",
+                "authorityKeyIdentifier=keyid:always",
+            ],
+            ca,
+            3,
+        )
         self.sa_key = pki / "sa.key"
         self.sa_pub = pki / "sa.pub"
         _ec_key(self.sa_key)
@@ -193,6 +222,12 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the test process dies (even by SIGKILL)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 class _Process:
     """A child process in its own process group, logging to a file."""
 
@@ -214,6 +249,7 @@ class _Process:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def running(self) -> bool:
@@ -234,8 +270,6 @@ class _Process:
             except subprocess.TimeoutExpired:
                 self._signal(popen.pid, signal.SIGKILL)
                 popen.wait(timeout=30)
-        # Reap anything the process left behind in its own group.
-        self._signal(popen.pid, signal.SIGKILL)
         self._popen = None
 
     @staticmethod
@@ -328,8 +362,7 @@ class ApiServer:
         while time.monotonic() < deadline:
             if not self._process.running():
                 raise RuntimeError(
-                    f"kube-apiserver exited with code {self._process.exit_code()}:\n"
-                    + self._process.log_tail()
+                    f"kube-apiserver exited with code {self._process.exit_code()}:\n" + self._process.log_tail()
                 )
             try:
                 status, body = self.request("GET", "/readyz")
@@ -339,15 +372,11 @@ class ApiServer:
             except OSError as exc:  # connection refused / reset while starting
                 last = repr(exc)
             time.sleep(0.25)
-        raise TimeoutError(
-            f"kube-apiserver not ready after {timeout}s ({last}):\n" + self._process.log_tail()
-        )
+        raise TimeoutError(f"kube-apiserver not ready after {timeout}s ({last}):\n" + self._process.log_tail())
 
     # ---- kubeconfigs -----------------------------------------------------
 
-    def kubeconfig_for_token(
-        self, token: str, *, name: str | None = None, namespace: str | None = None
-    ) -> Path:
+    def kubeconfig_for_token(self, token: str, *, name: str | None = None, namespace: str | None = None) -> Path:
         """Write a kubeconfig that authenticates with a bearer ``token``."""
         self._kubeconfigs += 1
         path = self.workdir / "kubeconfigs" / f"{name or f'token-{self._kubeconfigs}'}.kubeconfig"
@@ -435,9 +464,7 @@ class ApiServer:
         content_type: str = "application/json",
     ) -> JSON:
         """Like :meth:`request` but raises :class:`ApiError` on HTTP >= 400."""
-        status, result = self.request(
-            method, path, body, token=token, query=query, content_type=content_type
-        )
+        status, result = self.request(method, path, body, token=token, query=query, content_type=content_type)
         if status >= 400:
             raise ApiError(method, path, status, result)
         if not isinstance(result, dict):
@@ -446,9 +473,7 @@ class ApiServer:
 
     # ---- generic objects -------------------------------------------------
 
-    def resource_path(
-        self, api_version: str, kind: str, namespace: str | None = None, name: str | None = None
-    ) -> str:
+    def resource_path(self, api_version: str, kind: str, namespace: str | None = None, name: str | None = None) -> str:
         """REST path for ``kind`` in ``api_version`` (resolved via discovery)."""
         base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
         if api_version not in self._discovery:
@@ -464,9 +489,7 @@ class ApiServer:
                 return path + (f"/{name}" if name else "")
         raise KeyError(f"no resource of kind {kind} in {api_version}")
 
-    def create_object(
-        self, obj: Mapping[str, Any], *, dry_run: bool = False, token: str | None = None
-    ) -> JSON:
+    def create_object(self, obj: Mapping[str, Any], *, dry_run: bool = False, token: str | None = None) -> JSON:
         """POST one object (server-side dry-run with ``dry_run``), strict field validation."""
         meta = obj.get("metadata") or {}
         path = self.resource_path(str(obj["apiVersion"]), str(obj["kind"]), meta.get("namespace"))
@@ -517,13 +540,9 @@ class ApiServer:
         if audiences is not None:
             spec["audiences"] = list(audiences)
         if bound_pod is not None:
-            spec["boundObjectRef"] = {
-                "apiVersion": "v1", "kind": "Pod", "name": bound_pod[0], "uid": bound_pod[1]
-            }
+            spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod", "name": bound_pod[0], "uid": bound_pod[1]}
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
-        result = self.call(
-            "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa_name}/token", body
-        )
+        result = self.call("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa_name}/token", body)
         return str(result["status"]["token"])
 
     def can_i(
@@ -547,9 +566,7 @@ class ApiServer:
             "kind": "SelfSubjectAccessReview",
             "spec": {"resourceAttributes": attrs},
         }
-        result = self.call(
-            "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body, token=token
-        )
+        result = self.call("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body, token=token)
         return bool(result["status"].get("allowed", False))
 
     # ---- nodes and pods --------------------------------------------------
@@ -559,11 +576,17 @@ class ApiServer:
         node = self.call(
             "POST",
             "/api/v1/nodes",
-            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
-             "labels": {"kubernetes.io/hostname": name}}},
-        )  # fmt: skip
-        status = {"status": {"addresses": [{"type": "InternalIP", "address": internal_ip},
-                                           {"type": "Hostname", "address": name}]}}  # fmt: skip
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            },
+        )
+        status = {
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": internal_ip}, {"type": "Hostname", "address": name}]
+            }
+        }
         self.call("PATCH", f"/api/v1/nodes/{name}/status", status, content_type=_STRATEGIC_MERGE)
         return node
 
@@ -626,11 +649,10 @@ class ApiServer:
             "podIPs": [{"ip": ip} for ip in ips],
             "startTime": now,
             "conditions": [
-                {"type": t, "status": "True" if t == "PodScheduled" else cond,
-                 "lastTransitionTime": now}
+                {"type": t, "status": "True" if t == "PodScheduled" else cond, "lastTransitionTime": now}
                 for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
             ],
-        }  # fmt: skip
+        }
         if host_ip is not None:
             status["hostIP"] = host_ip
             status["hostIPs"] = [{"ip": host_ip}]
@@ -671,16 +693,22 @@ class ApiServer:
     # ---- CLI tools -------------------------------------------------------
 
     def kubectl(
-        self, *args: str, kubeconfig: Path | None = None, input_text: str | None = None,
+        self,
+        *args: str,
+        kubeconfig: Path | None = None,
+        input_text: str | None = None,
         check: bool = True,
-    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    ) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl against this server (admin kubeconfig by default)."""
-        argv = [str(self.kubectl_path), "--kubeconfig", str(kubeconfig or self.admin_kubeconfig), *args]
+        argv = [
+            str(self.kubectl_path),
+            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
+            f"--cache-dir={self.workdir / 'kubectl-cache'}",
+            *args,
+        ]
         proc = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
         if check and proc.returncode != 0:
-            raise RuntimeError(
-                f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-            )
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
 
 

@@ -5,7 +5,7 @@ The collector is built from ``tests/e2e/infra/otelcol-builder.yaml`` by
 
 Overriding the shipped configs (collector-config/*.yaml) in tests
 -----------------------------------------------------------------
-Both mechanisms below were checked against the pinned collector (v0.155.0);
+Both mechanisms below were checked against the pinned collector (v0.161.0);
 see test_collector_configs.py for their use.
 
 * Several ``--config`` files are merged in the order given. Maps are merged
@@ -33,7 +33,9 @@ see test_collector_configs.py for their use.
 * Components that are defined but used by no pipeline are still validated
   (so env vars they reference must be set to something valid) but are not
   started: the gateway's ``k8s_attributes`` and ``otlp_http/vendor`` stay
-  harmless in tests once they are out of the pipeline.
+  harmless in tests once they are out of the pipeline. Left in the pipeline
+  without a Kubernetes API, ``k8s_attributes`` makes the collector exit at
+  start ("Could not initialize kube client"); ``validate`` does not need an API.
 
 * The collector's own telemetry listens on 127.0.0.1:8888 by default; tests
   turn it off with ``--set=service.telemetry.metrics.level=none`` so runs do

@@ -8,7 +8,6 @@ cached binary. All listeners are moved to free ports on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import urllib.request
 import uuid
@@ -18,9 +17,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from collector import (  # noqa: E402
+from tests.e2e.collector import (
     CONFIG_DIR,
     SELF_TELEMETRY_OFF,
     build_otelcol,
