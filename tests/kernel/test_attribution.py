@@ -1,0 +1,105 @@
+"""Attribution: cgroup drivers, hostNetwork pods, node processes, the IP fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from otel_podnet.samples import Counters
+from otel_podnet.simnode import SimNode, SimPod
+
+from .conftest import Agent
+
+
+def exchange(node: SimNode, client: SimPod | None, server: SimPod, port: int, n: int = 3) -> None:
+    addr = server.ip4
+    srv = node.workload(server, "tcp-server", addr=addr, port=port, count=n, recv=10_000, send=1_000)
+    node.wait_ready(srv)
+    node.result(node.workload(client, "tcp-client", addr=addr, port=port, count=n, send=10_000, recv=1_000))
+    node.result(srv)
+
+
+def conn(c: Counters) -> tuple[int, int, int, int]:
+    return c.opened_out, c.opened_in, c.payload_tx, c.payload_rx
+
+
+@pytest.mark.parametrize(
+    ("driver", "qos", "runtime"),
+    [
+        ("systemd", "burstable", "cri-containerd"),
+        ("systemd", "guaranteed", "crio"),
+        ("systemd", "besteffort", "docker"),
+        ("cgroupfs", "burstable", ""),
+        ("cgroupfs", "guaranteed", ""),
+    ],
+)
+def test_cgroup_drivers(node: SimNode, start_agent: Callable[[], Agent], driver: str, qos: str, runtime: str) -> None:
+    a = node.add_pod("a", driver=driver, qos=qos, runtime=runtime or "cri-containerd")
+    b = node.add_pod("b")
+    agent = start_agent()
+    exchange(node, a, b, 5100)
+    ca = agent.settle(a, lambda c: c.closed_out == 3)
+    assert conn(ca) == (3, 0, 30_000, 3_000)
+
+
+def test_pod_started_after_the_agent(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    """A cgroup the kernel sees first takes a slot at once; nothing is lost before the
+    agent has classified it."""
+    b = node.add_pod("b")
+    agent = start_agent()
+    a = node.add_pod("late")  # new cgroup, new namespace: not in the inventory yet either
+    exchange(node, a, b, 5101)
+    agent.publish()
+    ca = agent.settle(a, lambda c: c.closed_out == 3)
+    assert conn(ca) == (3, 0, 30_000, 3_000)
+
+
+def test_host_network_pod_and_node_process(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    hn = node.add_pod("hostnet", host_network=True)
+    b = node.add_pod("b")
+    agent = start_agent()
+    node_before = agent.counters(None)
+    exchange(node, hn, b, 5102, n=4)  # the hostNetwork pod, from the node's IP
+    exchange(node, None, b, 5103, n=2)  # a node process, from the same IP
+    chn = agent.settle(hn, lambda c: c.closed_out == 4)
+    cb = agent.settle(b, lambda c: c.closed_in == 6)
+    cn = agent.counters(None)
+    assert conn(chn) == (4, 0, 40_000, 4_000)  # its own four, not the node's two
+    assert conn(cb) == (0, 6, 6_000, 60_000)
+    # The node's figures also hold every other process of this machine (the test runner's
+    # own connections), so they are checked as "at least the node process's two".
+    assert cn.opened_out - node_before.opened_out >= 2
+    assert cn.payload_tx - node_before.payload_tx >= 20_000
+    assert cn.payload_rx - node_before.payload_rx >= 2_000
+
+
+def test_ip_fallback_for_a_pod_outside_pod_cgroups(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    outside = node.add_pod("outside", in_pod_cgroup=False)
+    b = node.add_pod("b")
+    agent = start_agent()
+    exchange(node, outside, b, 5104, n=5)
+    exchange(node, b, outside, 5105, n=2)  # and inbound, accepted by the outside pod
+    co = agent.settle(outside, lambda c: c.closed_out == 5 and c.closed_in == 2)
+    assert conn(co) == (5, 2, 50_000 + 2_000, 5_000 + 20_000)
+    cb = agent.counters(b)
+    assert conn(cb) == (2, 5, 5_000 + 20_000, 50_000 + 2_000)
+    assert co.bytes_tx_tcp == cb.bytes_rx_tcp and co.bytes_rx_tcp == cb.bytes_tx_tcp
+
+
+def test_removed_pod_final_then_gone_and_slots_recycled(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    a, b = node.add_pod("a"), node.add_pod("b")
+    agent = start_agent()
+    exchange(node, a, b, 5106)
+    agent.settle(a, lambda c: c.closed_out == 3)
+    slots_before = agent.core.attributor.health(0).slots_in_use
+    node.remove_pod(a)
+    agent.publish()
+    finals = []
+    for _ in range(4):
+        snap = agent.core.collect()
+        finals += [s for s in snap.samples if s.uid == a.uid]
+    # reported while its slots drain, exactly once as final, then never again
+    assert [s.final for s in finals].count(True) == 1
+    assert finals[-1].final and conn(finals[-1].counters) == (3, 0, 30_000, 3_000)
+    assert agent.core.attributor.health(0).slots_in_use < slots_before
