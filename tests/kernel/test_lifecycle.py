@@ -1,0 +1,94 @@
+"""The real `otel-podnet run` process: it attaches, exports, and leaves nothing behind when
+stopped (SIGTERM: exit 0 after a final export) or killed (SIGKILL: the kernel drops the
+BPF links with the process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from otel_podnet.simnode import SimNode
+
+
+def ours_loaded() -> list[str]:
+    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout)
+    return [p.get("name", "") for p in progs if p.get("name", "").startswith("podnet_")]
+
+
+def ours_attached(cgroup_root: Path) -> list[str]:
+    out = subprocess.run(["bpftool", "-j", "cgroup", "show", str(cgroup_root)], capture_output=True, text=True, check=True)
+    return [p.get("name", "") for p in json.loads(out.stdout.strip() or "[]") if p.get("name", "").startswith("podnet_")]
+
+
+@pytest.fixture(autouse=True)
+def nothing_before() -> None:
+    if ours_loaded():
+        pytest.fail(f"programs of an earlier agent are still loaded: {ours_loaded()}")
+
+
+def start(tmp_path: Path, node: SimNode, cgroup_root: Path) -> subprocess.Popen[str]:
+    pods = tmp_path / "pods.yaml"
+    node.write_pod_list(pods)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otel_podnet", "run", "--pods-file", str(pods), "--exporter", "console",
+         "--interval", "0.3", "--cgroup-root", str(cgroup_root), "--node-name", node.name],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("POD"):
+            break
+        if not line and proc.poll() is not None:
+            pytest.fail(f"agent exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+    return proc
+
+
+def test_sigterm_final_export_and_detach(tmp_path: Path, node: SimNode, cgroup_root: Path) -> None:
+    a = node.add_pod("a")
+    proc = start(tmp_path, node, cgroup_root)
+    try:
+        assert sorted(ours_loaded()) == sorted(
+            ["podnet_ingress", "podnet_egress", "podnet_state", "podnet_retrans", "podnet_rst_tx", "podnet_rst_rx"])
+        assert sorted(ours_attached(cgroup_root)) == ["podnet_egress", "podnet_ingress"]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "received SIGTERM" in err
+    assert f"{a.namespace}/{a.name}" in out.split("POD")[-1]  # the final export
+    assert ours_loaded() == [] and ours_attached(cgroup_root) == []
+
+
+def test_sigkill_leaves_nothing(tmp_path: Path, node: SimNode, cgroup_root: Path) -> None:
+    node.add_pod("a")
+    proc = start(tmp_path, node, cgroup_root)
+    assert len(ours_loaded()) == 6
+    proc.kill()
+    proc.communicate(timeout=20)
+    deadline = time.monotonic() + 5  # programs are freed as the kernel drops the last reference
+    while (ours_loaded() or ours_attached(cgroup_root)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ours_loaded() == [] and ours_attached(cgroup_root) == []
+
+
+def test_bad_pods_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "pods.yaml"
+    bad.write_text("apiVersion: v1\nkind: ConfigMap\n")
+    r = subprocess.run([sys.executable, "-m", "otel_podnet", "run", "--pods-file", str(bad), "--exporter", "console"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("otel-podnet: ") and "'ConfigMap' is not a PodList" in last
+    assert "Traceback" not in r.stderr
+    assert ours_loaded() == []
