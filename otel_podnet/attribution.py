@@ -159,9 +159,11 @@ class Attributor:
         for ip, uid in desired.items():
             if ip in self._ips:
                 continue
-            slot = self._ip_slot.get(uid)
-            if slot is None:
+            slot_or_none = self._ip_slot.get(uid)
+            if slot_or_none is None:
                 slot = self._ip_slot[uid] = self._take_slot(uid)
+            else:
+                slot = slot_or_none
             self._maps.set_pod_ip(ip, slot)
             self._ips[ip] = uid
             changed = True

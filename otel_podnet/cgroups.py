@@ -23,7 +23,8 @@ from pathlib import Path
 _logger = getLogger(__name__)
 
 _UID = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
-_SYSTEMD_POD = re.compile(rf"^kubepods(?:-(?:burstable|besteffort))?-pod({_UID})\.slice$")
+# a kubelet --cgroup-root prefixes every slice name (kind, k3s: "kubelet-kubepods-...")
+_SYSTEMD_POD = re.compile(rf"^(?:[a-z0-9]+-)*kubepods(?:-(?:burstable|besteffort))?-pod({_UID})\.slice$")
 _CGROUPFS_POD = re.compile(rf"^pod({_UID})$")
 
 
@@ -58,10 +59,10 @@ def pod_uid_of(relpath: str) -> str | None:
     parts = [p for p in relpath.split("/") if p]
     for i, part in enumerate(parts):
         m = _SYSTEMD_POD.match(part)
-        if m and any(p.startswith("kubepods") for p in parts[:i]):
+        if m and any("kubepods" in p for p in parts[:i]):
             return m.group(1).replace("_", "-")
         m = _CGROUPFS_POD.match(part)
-        if m and any(p.startswith("kubepods") for p in parts[:i]):
+        if m and any("kubepods" in p for p in parts[:i]):
             return m.group(1).replace("_", "-")
     return None
 
@@ -129,7 +130,11 @@ class CgroupIndex:
             if entry.name.startswith("kubepods"):
                 tops.append(entry.name)
             elif entry.name.startswith("kubelet"):
-                tops.extend(f"{entry.name}/{e.name}" for e in _scandirs(Path(entry.path)) if e.name.startswith("kubelet-kubepods") or e.name.startswith("kubepods"))
+                tops.extend(
+                    f"{entry.name}/{e.name}"
+                    for e in _scandirs(Path(entry.path))
+                    if e.name.startswith("kubelet-kubepods") or e.name.startswith("kubepods")
+                )
         return tops
 
     def _walk(self, start: str, pods_only: bool, out: list[CgroupInfo] | None = None) -> None:

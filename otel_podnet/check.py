@@ -60,7 +60,10 @@ def _caps(proc: Path) -> CheckResult:
         eff = int(re.search(r"^CapEff:\s*([0-9a-f]+)", text, re.M).group(1), 16)  # type: ignore[union-attr]
     except (OSError, AttributeError):
         return CheckResult("privileges", False, "cannot read CapEff", "run as root with BPF, PERFMON, NET_ADMIN")
-    have = lambda b: bool(eff >> b & 1)  # noqa: E731
+
+    def have(bit: int) -> bool:
+        return bool(eff >> bit & 1)
+
     bpf = have(CAP_BPF) or have(CAP_SYS_ADMIN)
     perfmon = have(CAP_PERFMON) or have(CAP_SYS_ADMIN)
     netadmin = have(CAP_NET_ADMIN)
@@ -85,22 +88,34 @@ def _tracefs() -> CheckResult:
 
 def _hooks(cgroup_root: Path | None, obj: Path) -> list[CheckResult]:
     if not obj.is_file():
-        return [CheckResult("bpf-object", False, f"{obj} missing", "reinstall the package (pip install .) with clang present")]
+        return [
+            CheckResult(
+                "bpf-object", False, f"{obj} missing", "reinstall the package (pip install .) with clang present"
+            )
+        ]
     out = [CheckResult("bpf-object", True, str(obj))]
     if cgroup_root is None:
-        return out + [CheckResult("hooks", False, "not tried: no cgroup v2", "fix the cgroup2 line first")]
+        return [*out, CheckResult("hooks", False, "not tried: no cgroup v2", "fix the cgroup2 line first")]
     dp = Datapath(DatapathConfig(cgroup_root, obj))
     try:
         dp.open_and_load()
         out.append(CheckResult("verifier", True, "all 6 programs load"))
         dp.attach()
         out.append(
-            CheckResult("hooks", True, "attached and detached: cgroup_skb ingress/egress, tp_btf inet_sock_set_state, "
-                        "tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset")
+            CheckResult(
+                "hooks",
+                True,
+                "attached and detached: cgroup_skb ingress/egress, tp_btf inet_sock_set_state, "
+                "tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset",
+            )
         )
     except OSError as exc:
         what = "verifier" if not dp_loaded(dp) else "hooks"
-        out.append(CheckResult(what, False, str(exc), "see the log above; kernel needs cgroup BPF, BTF raw tracepoints, sk_storage"))
+        out.append(
+            CheckResult(
+                what, False, str(exc), "see the log above; kernel needs cgroup BPF, BTF raw tracepoints, sk_storage"
+            )
+        )
     finally:
         dp.close()
     return out
@@ -110,8 +125,12 @@ def dp_loaded(dp: Datapath) -> bool:
     return hasattr(dp, "stats")
 
 
-def run_checks(cgroup_root: Path | None = None, proc: Path = Path("/proc"), sysfs: Path = Path("/sys"),
-               object_path: Path | None = None) -> list[CheckResult]:
+def run_checks(
+    cgroup_root: Path | None = None,
+    proc: Path = Path("/proc"),
+    sysfs: Path = Path("/sys"),
+    object_path: Path | None = None,
+) -> list[CheckResult]:
     cg, found = _cgroup(cgroup_root, proc)
     results = [_kernel(), _btf(sysfs), cg, _tracefs(), _caps(proc), _libbpf()]
     if all(r.ok for r in results):

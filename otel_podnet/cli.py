@@ -24,19 +24,30 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="otel-podnet", description="Per-pod TCP connections and traffic, counted with eBPF, "
-                "exported as OpenTelemetry metrics.")
+    p = _Parser(
+        prog="otel-podnet",
+        description="Per-pod TCP connections and traffic, counted with eBPF, exported as OpenTelemetry metrics.",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="the node agent (the DaemonSet entrypoint)")
     run.add_argument("--node-name", help="this node's name [NODE_NAME] (default: the host name)")
-    run.add_argument("--pods-file", help="a PodList (kubectl get pods -o yaml) used instead of the API [PODNET_PODS_FILE]")
+    run.add_argument(
+        "--pods-file", help="a PodList (kubectl get pods -o yaml) used instead of the API [PODNET_PODS_FILE]"
+    )
     run.add_argument("--kubeconfig", help="kubeconfig file [KUBECONFIG]")
     run.add_argument("--cgroup-root", help="cgroup v2 mount [PODNET_CGROUP_ROOT] (default: from /proc/self/mountinfo)")
     run.add_argument("--interval", help="seconds between exports (default: OTEL_METRIC_EXPORT_INTERVAL ms, else 10)")
-    run.add_argument("--exporter", action="append", help="otlp (default), prometheus, console, none; repeatable "
-                     "[OTEL_METRICS_EXPORTER, comma list]")
-    run.add_argument("--prometheus-address", help="HOST:PORT of /metrics [PODNET_PROMETHEUS_ADDRESS] (default 0.0.0.0:9464)")
-    run.add_argument("--health-address", help="HOST:PORT of /healthz and /readyz [PODNET_HEALTH_ADDRESS] (default: off)")
+    run.add_argument(
+        "--exporter",
+        action="append",
+        help="otlp (default), prometheus, console, none; repeatable [OTEL_METRICS_EXPORTER, comma list]",
+    )
+    run.add_argument(
+        "--prometheus-address", help="HOST:PORT of /metrics [PODNET_PROMETHEUS_ADDRESS] (default 0.0.0.0:9464)"
+    )
+    run.add_argument(
+        "--health-address", help="HOST:PORT of /healthz and /readyz [PODNET_HEALTH_ADDRESS] (default: off)"
+    )
     for sp in (run,):
         sp.add_argument("--log-level", default="info", help="debug, info, warning, error (default info)")
         sp.add_argument("--log-format", default="text", help="text or json (default text)")

@@ -60,7 +60,9 @@ class Datapath:
     def open_and_load(self) -> None:
         obj = BpfObject(str(self.config.object_path))
         try:
-            cfg = abi.PodnetConfig(ephemeral_lo=self.config.ephemeral_ports[0], ephemeral_hi=self.config.ephemeral_ports[1])
+            cfg = abi.PodnetConfig(
+                ephemeral_lo=self.config.ephemeral_ports[0], ephemeral_hi=self.config.ephemeral_ports[1]
+            )
             obj.set_rodata("podnet_cfg", cfg)
             obj.load()
         except BaseException:
@@ -133,7 +135,9 @@ class Datapath:
 
     def set_cgroup(self, cgid: int, slot: int, kind: int, only_new: bool = False) -> bool:
         try:
-            self.cgroups.update(ctypes.c_uint64(cgid), abi.PodnetCgroup(slot=slot, kind=kind), BPF_NOEXIST if only_new else 0)
+            self.cgroups.update(
+                ctypes.c_uint64(cgid), abi.PodnetCgroup(slot=slot, kind=kind), BPF_NOEXIST if only_new else 0
+            )
         except LibbpfError as exc:
             if only_new and exc.errno == 17:  # EEXIST: the kernel saw it first
                 return False
@@ -160,5 +164,3 @@ class Datapath:
         for i in range(abi.NHEALTH):
             out.append(sum(per_cpu) if self.health_map.lookup(ctypes.c_uint32(i), per_cpu) else 0)
         return tuple(out)
-
-

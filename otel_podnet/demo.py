@@ -8,6 +8,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -41,14 +42,24 @@ def _add(a: Truth, **kw: int) -> Truth:
     return Truth(**{k: getattr(a, k) + kw.get(k, 0) for k in Truth.__dataclass_fields__})
 
 
-ROWS = [
+Row = tuple[str, Callable[[Counters], tuple[int, ...]], Callable[[Truth], tuple[int, ...]]]
+
+ROWS: list[Row] = [
     ("connections opened  out/in", lambda c: (c.opened_out, c.opened_in), lambda t: (t.opened_out, t.opened_in)),
     ("connections closed  out/in", lambda c: (c.closed_out, c.closed_in), lambda t: (t.closed_out, t.closed_in)),
     ("connections active  out/in", lambda c: (c.active_out, c.active_in), lambda t: (0, 0)),
     ("connections refused", lambda c: (c.failed_refused,), lambda t: (t.failed_refused,)),
     ("TCP payload bytes   tx/rx", lambda c: (c.payload_tx, c.payload_rx), lambda t: (t.payload_tx, t.payload_rx)),
-    ("UDP IP packets      tx/rx", lambda c: (c.packets_tx_udp, c.packets_rx_udp), lambda t: (t.udp_packets_tx, t.udp_packets_rx)),
-    ("UDP IP bytes        tx/rx", lambda c: (c.bytes_tx_udp, c.bytes_rx_udp), lambda t: (t.udp_bytes_tx, t.udp_bytes_rx)),
+    (
+        "UDP IP packets      tx/rx",
+        lambda c: (c.packets_tx_udp, c.packets_rx_udp),
+        lambda t: (t.udp_packets_tx, t.udp_packets_rx),
+    ),
+    (
+        "UDP IP bytes        tx/rx",
+        lambda c: (c.bytes_tx_udp, c.bytes_rx_udp),
+        lambda t: (t.udp_bytes_tx, t.udp_bytes_rx),
+    ),
 ]
 
 
@@ -67,8 +78,8 @@ def report(pods: list[SimPod], truth: dict[str, Truth], seen: dict[str, Counters
             all_ok &= ok
             lines.append(f"  {label:<28} {_fmt(g):>24} {_fmt(w):>24}  {'ok' if ok else 'MISMATCH'}")
         c = seen[p.uid]
-        lines.append(f"  {'IP bytes (TCP+UDP)  tx/rx':<28} {_fmt((c.bytes_tx_tcp + c.bytes_tx_udp, c.bytes_rx_tcp + c.bytes_rx_udp)):>24}"
-                     f" {'(headers as on the wire)':>24}")
+        ip_bytes = _fmt((c.bytes_tx_tcp + c.bytes_tx_udp, c.bytes_rx_tcp + c.bytes_rx_udp))
+        lines.append(f"  {'IP bytes (TCP+UDP)  tx/rx':<28} {ip_bytes:>24} {'(headers as on the wire)':>24}")
     return "\n".join(lines), all_ok
 
 
@@ -131,8 +142,10 @@ def main() -> int:
             text, ok = report(pods, truth, {p.uid: seen.get(p.uid, Counters()) for p in pods})
             print(text)
             h = snap.health
-            print(f"\nagent: {h.pods} pods, {h.slots_in_use} counting slots in use, collected in "
-                  f"{h.collection_seconds * 1000:.1f} ms")
+            print(
+                f"\nagent: {h.pods} pods, {h.slots_in_use} counting slots in use, collected in "
+                f"{h.collection_seconds * 1000:.1f} ms"
+            )
             print("\nevery figure matches the ground truth" if ok else "\nMISMATCH: see above")
             return 0 if ok else 1
     except KeyboardInterrupt:

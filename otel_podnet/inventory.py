@@ -118,9 +118,13 @@ def parse_pod_list(text: str, source: str) -> list[PodInfo]:
     try:
         doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise InventoryError(f"{source}: not YAML or JSON ({str(exc).splitlines()[0]}); expected a Kubernetes PodList") from exc
+        raise InventoryError(
+            f"{source}: not YAML or JSON ({str(exc).splitlines()[0]}); expected a Kubernetes PodList"
+        ) from exc
     if not isinstance(doc, Mapping) or doc.get("kind") != "PodList" or not isinstance(doc.get("items", []), list):
         kind = doc.get("kind") if isinstance(doc, Mapping) else type(doc).__name__
+        if kind is None:
+            kind = "none"
         raise InventoryError(f"{source}: kind {kind!r} is not a PodList; expected `kubectl get pods -o yaml` output")
     pods: list[PodInfo] = []
     for i, item in enumerate(doc.get("items") or []):
@@ -129,7 +133,8 @@ def parse_pod_list(text: str, source: str) -> list[PodInfo]:
             continue
         got = pod_from_object(item)
         if isinstance(got, str):
-            meta = item.get("metadata") if isinstance(item.get("metadata"), Mapping) else {}
+            raw_meta = item.get("metadata")
+            meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
             who = f"{meta.get('namespace', '?')}/{meta.get('name', '?')}"
             _logger.warning("%s: pod %s (items[%d]) skipped: %s", source, who, i, got)
             continue
@@ -151,7 +156,9 @@ class PodsFileSource:
             st = os.stat(self.path)
         except OSError as exc:
             if self._stamp is None:
-                raise InventoryError(f"--pods-file {self.path}: {exc.strerror}; expected a readable PodList file") from exc
+                raise InventoryError(
+                    f"--pods-file {self.path}: {exc.strerror}; expected a readable PodList file"
+                ) from exc
             _logger.warning("pods file %s unreadable (%s); keeping the last view", self.path, exc.strerror)
             return False
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -53,7 +53,7 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
-def _declare(l: ctypes.CDLL) -> ctypes.CDLL:
+def _declare(lb: ctypes.CDLL) -> ctypes.CDLL:
     vp, ci, cu32, cu64, cs = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_char_p
     protos: dict[str, tuple[Any, list[Any]]] = {
         "libbpf_major_version": (cu32, []),
@@ -87,10 +87,10 @@ def _declare(l: ctypes.CDLL) -> ctypes.CDLL:
         "bpf_prog_test_run_opts": (ci, [ci, vp]),
     }
     for name, (res, args) in protos.items():
-        fn = getattr(l, name)
+        fn = getattr(lb, name)
         fn.restype = res
         fn.argtypes = args
-    return l
+    return lb
 
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -119,8 +119,8 @@ def _install_print() -> None:
 
 
 def version() -> str:
-    l = lib()
-    return f"{l.libbpf_major_version()}.{l.libbpf_minor_version()}"
+    lb = lib()
+    return f"{lb.libbpf_major_version()}.{lb.libbpf_minor_version()}"
 
 
 def num_possible_cpus() -> int:
@@ -269,18 +269,18 @@ class BpfObject:
 
     def section_var_offset(self, section: str, var: str) -> tuple[int, int]:
         """(offset, size) of a global variable in a data section, from the object's BTF."""
-        l = lib()
-        btf = _check_ptr(l.bpf_object__btf(self._o()), f"BTF of {self.path}")
-        sec_id = l.btf__find_by_name_kind(btf, section.encode(), _BTF_KIND_DATASEC)
+        lb = lib()
+        btf = _check_ptr(lb.bpf_object__btf(self._o()), f"BTF of {self.path}")
+        sec_id = lb.btf__find_by_name_kind(btf, section.encode(), _BTF_KIND_DATASEC)
         if sec_id < 0:
             raise LibbpfError(errno.ENOENT, f"no BTF section {section} in {self.path}")
-        t = l.btf__type_by_id(btf, sec_id)
+        t = lb.btf__type_by_id(btf, sec_id)
         header = (ctypes.c_uint32 * 3).from_address(t)  # name_off, info, size
         vlen = header[1] & 0xFFFF
         infos = (ctypes.c_uint32 * (3 * vlen)).from_address(t + 12)  # type, offset, size
         for i in range(vlen):
-            vt = l.btf__type_by_id(btf, infos[3 * i])
-            name = l.btf__name_by_offset(btf, (ctypes.c_uint32 * 1).from_address(vt)[0])
+            vt = lb.btf__type_by_id(btf, infos[3 * i])
+            name = lb.btf__name_by_offset(btf, (ctypes.c_uint32 * 1).from_address(vt)[0])
             if name == var.encode():
                 return int(infos[3 * i + 1]), int(infos[3 * i + 2])
         raise LibbpfError(errno.ENOENT, f"no variable {var} in {section} of {self.path}")

@@ -141,8 +141,19 @@ class SimNode:
         else:
             cont_cg = self.outside_cgroup
         if host_network:
-            pod = SimPod(name, namespace, uid, self.node_ns, self.node_ip4, self.node_ip6 if ipv6 else None,
-                         cont_cg, pod_cg, host_network=True, in_pod_cgroup=in_pod_cgroup, iface="br0")
+            pod = SimPod(
+                name,
+                namespace,
+                uid,
+                self.node_ns,
+                self.node_ip4,
+                self.node_ip6 if ipv6 else None,
+                cont_cg,
+                pod_cg,
+                host_network=True,
+                in_pod_cgroup=in_pod_cgroup,
+                iface="br0",
+            )
         else:
             self._hosts += 1
             h = self._hosts
@@ -162,8 +173,19 @@ class SimNode:
                 sh("ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
             mac = json.loads(sh("ip", "-j", "-n", ns, "link", "show", "eth0"))[0]["address"]
-            pod = SimPod(name, namespace, uid, ns, ip4, ip6, cont_cg, pod_cg, in_pod_cgroup=in_pod_cgroup,
-                         host_iface=host_if, mac=mac)
+            pod = SimPod(
+                name,
+                namespace,
+                uid,
+                ns,
+                ip4,
+                ip6,
+                cont_cg,
+                pod_cg,
+                in_pod_cgroup=in_pod_cgroup,
+                host_iface=host_if,
+                mac=mac,
+            )
         pod.labels = dict(labels or {})
         self.pods.append(pod)
         return pod
@@ -190,7 +212,7 @@ class SimNode:
                 sh("ip", "-n", ns, "neigh", "replace", ip4, "lladdr", mac, "dev", dev, "nud", "permanent")
                 if ip6 and p.ip6:
                     sh("ip", "-n", ns, "neigh", "replace", ip6, "lladdr", mac, "dev", dev, "nud", "permanent")
-        for ip4, ip6, mac in hosts[:-1]:
+        for ip4, _ip6, mac in hosts[:-1]:
             sh("ip", "-n", self.node_ns, "neigh", "replace", ip4, "lladdr", mac, "dev", "br0", "nud", "permanent")
 
     def set_offloads(self, pod: SimPod, on: bool) -> None:
@@ -253,13 +275,19 @@ class SimNode:
         items = []
         for p in self.pods if pods is None else pods:
             ips = [p.ip4] + ([p.ip6] if p.ip6 else [])
-            items.append({
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": p.name, "namespace": p.namespace, "uid": p.uid, "labels": p.labels},
-                "spec": {"nodeName": self.name, "hostNetwork": p.host_network, "containers": [{"name": "app", "image": "sim"}]},
-                "status": {"phase": phase, "podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]},
-            })
+            items.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": p.name, "namespace": p.namespace, "uid": p.uid, "labels": p.labels},
+                    "spec": {
+                        "nodeName": self.name,
+                        "hostNetwork": p.host_network,
+                        "containers": [{"name": "app", "image": "sim"}],
+                    },
+                    "status": {"phase": phase, "podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]},
+                }
+            )
         return {"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": ""}, "items": items}
 
     def write_pod_list(self, path: Path, pods: Sequence[SimPod] | None = None) -> None:

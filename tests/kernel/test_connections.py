@@ -13,7 +13,11 @@ def tcp_snmp(netns: str) -> dict[str, int]:
     """The namespace's Tcp: counters from /proc/net/snmp."""
     from otel_podnet.simnode import sh
 
-    lines = [ln.split() for ln in sh("ip", "netns", "exec", netns, "cat", "/proc/net/snmp").splitlines() if ln.startswith("Tcp:")]
+    lines = [
+        ln.split()
+        for ln in sh("ip", "netns", "exec", netns, "cat", "/proc/net/snmp").splitlines()
+        if ln.startswith("Tcp:")
+    ]
     return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=True)}
 
 
@@ -61,7 +65,20 @@ def test_timeout_with_short_syn_retries(node: SimNode, start_agent: Callable[[],
     node_ns_dev = "eth0"
     from otel_podnet.simnode import sh
 
-    sh("ip", "-n", a.netns, "neigh", "replace", silent, "lladdr", "02:00:00:00:00:01", "dev", node_ns_dev, "nud", "permanent")
+    sh(
+        "ip",
+        "-n",
+        a.netns,
+        "neigh",
+        "replace",
+        silent,
+        "lladdr",
+        "02:00:00:00:00:01",
+        "dev",
+        node_ns_dev,
+        "nud",
+        "permanent",
+    )
     node.sysctl(a, "net.ipv4.tcp_syn_retries=1")
     agent = start_agent()
     truth = node.result(node.workload(a, "connect-fail", addr=silent, port=80, count=2), timeout=60)

@@ -18,13 +18,19 @@ from otel_podnet.simnode import SimNode
 
 
 def ours_loaded() -> list[str]:
-    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout)
+    progs = json.loads(
+        subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    )
     return [p.get("name", "") for p in progs if p.get("name", "").startswith("podnet_")]
 
 
 def ours_attached(cgroup_root: Path) -> list[str]:
-    out = subprocess.run(["bpftool", "-j", "cgroup", "show", str(cgroup_root)], capture_output=True, text=True, check=True)
-    return [p.get("name", "") for p in json.loads(out.stdout.strip() or "[]") if p.get("name", "").startswith("podnet_")]
+    out = subprocess.run(
+        ["bpftool", "-j", "cgroup", "show", str(cgroup_root)], capture_output=True, text=True, check=True
+    )
+    return [
+        p.get("name", "") for p in json.loads(out.stdout.strip() or "[]") if p.get("name", "").startswith("podnet_")
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -37,9 +43,26 @@ def start(tmp_path: Path, node: SimNode, cgroup_root: Path) -> subprocess.Popen[
     pods = tmp_path / "pods.yaml"
     node.write_pod_list(pods)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "otel_podnet", "run", "--pods-file", str(pods), "--exporter", "console",
-         "--interval", "0.3", "--cgroup-root", str(cgroup_root), "--node-name", node.name],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "otel_podnet",
+            "run",
+            "--pods-file",
+            str(pods),
+            "--exporter",
+            "console",
+            "--interval",
+            "0.3",
+            "--cgroup-root",
+            str(cgroup_root),
+            "--node-name",
+            node.name,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 20
@@ -57,7 +80,8 @@ def test_sigterm_final_export_and_detach(tmp_path: Path, node: SimNode, cgroup_r
     proc = start(tmp_path, node, cgroup_root)
     try:
         assert sorted(ours_loaded()) == sorted(
-            ["podnet_ingress", "podnet_egress", "podnet_state", "podnet_retrans", "podnet_rst_tx", "podnet_rst_rx"])
+            ["podnet_ingress", "podnet_egress", "podnet_state", "podnet_retrans", "podnet_rst_tx", "podnet_rst_rx"]
+        )
         assert sorted(ours_attached(cgroup_root)) == ["podnet_egress", "podnet_ingress"]
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
@@ -85,8 +109,12 @@ def test_sigkill_leaves_nothing(tmp_path: Path, node: SimNode, cgroup_root: Path
 def test_bad_pods_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "pods.yaml"
     bad.write_text("apiVersion: v1\nkind: ConfigMap\n")
-    r = subprocess.run([sys.executable, "-m", "otel_podnet", "run", "--pods-file", str(bad), "--exporter", "console"],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "otel_podnet", "run", "--pods-file", str(bad), "--exporter", "console"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("otel-podnet: ") and "'ConfigMap' is not a PodList" in last

@@ -87,8 +87,13 @@ P100 = b"x" * 100
         pytest.param(ETH_IP + ipv4(17, b"\x00" * 4), 0, 24, 0, id="truncated-udp-header"),
         pytest.param(ETH_IP + ipv4(6, tcp(b"", flags=0x02)), 40, 0, 0, id="ipv4-syn"),
         # IHL claims 60 bytes of header, the packet has 20: an IP packet, no payload known
-        pytest.param(ETH_IP + struct.pack("!BBHHHBBH4s4s", 0x4F, 0, 20, 1, 0, 64, 6, 0, SRC4, DST4), 20, 0, 0,
-                     id="truncated-ip-options"),
+        pytest.param(
+            ETH_IP + struct.pack("!BBHHHBBH4s4s", 0x4F, 0, 20, 1, 0, 64, 6, 0, SRC4, DST4),
+            20,
+            0,
+            0,
+            id="truncated-ip-options",
+        ),
     ],
 )
 @pytest.mark.parametrize("prog", ["podnet_egress", "podnet_ingress"])
@@ -112,8 +117,10 @@ def test_counted(runner: Runner, prog: str, frame: bytes, tx_tcp: int, tx_udp: i
         pytest.param(ETH_ARP + b"\x00" * 28, id="arp"),
         pytest.param(ETH_IP + ipv4(1, b"\x08\x00" + b"\x00" * 62), id="icmp"),
         pytest.param(ETH_IP6 + ipv6(0, b"\x06\x00" + b"\x00" * 6 + tcp(P100)), id="ipv6-extension-header"),
-        pytest.param(ETH_IP + struct.pack("!BBHHHBBH4s4s", 0x43, 0, 60, 1, 0, 64, 6, 0, SRC4, DST4) + b"\x00" * 40,
-                     id="ipv4-bad-ihl"),
+        pytest.param(
+            ETH_IP + struct.pack("!BBHHHBBH4s4s", 0x43, 0, 60, 1, 0, 64, 6, 0, SRC4, DST4) + b"\x00" * 40,
+            id="ipv4-bad-ihl",
+        ),
     ],
 )
 @pytest.mark.parametrize("prog", ["podnet_egress", "podnet_ingress"])

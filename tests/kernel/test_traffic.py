@@ -45,8 +45,11 @@ def quiet_counters(node: SimNode, pod: SimPod) -> dict[str, int]:
 
 def tcp_snmp(pod: SimPod) -> dict[str, int]:
     """The kernel's own TCP counters of the pod's namespace (/proc/net/snmp)."""
-    rows = [ln.split() for ln in sh("ip", "netns", "exec", pod.netns, "cat", "/proc/net/snmp").splitlines()
-            if ln.startswith("Tcp:")]
+    rows = [
+        ln.split()
+        for ln in sh("ip", "netns", "exec", pod.netns, "cat", "/proc/net/snmp").splitlines()
+        if ln.startswith("Tcp:")
+    ]
     return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=True)}
 
 

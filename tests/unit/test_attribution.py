@@ -1,0 +1,129 @@
+"""Attribution logic over in-memory maps: monotonic totals across slot retirement, final
+samples once, IP map mirroring. (The same logic against the kernel: tests/kernel.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from otel_podnet import abi
+from otel_podnet.attribution import Attributor
+from otel_podnet.cgroups import CgroupIndex
+from otel_podnet.inventory import PodInfo
+from otel_podnet.samples import Counters
+
+
+class MemMaps:
+    """The datapath's maps as dictionaries; the test plays the kernel's part."""
+
+    def __init__(self) -> None:
+        self.free: list[int] = []
+        self.stats: dict[int, Counters] = {}
+        self.cgroups: dict[int, tuple[int, int]] = {}
+        self.ips: dict[str, int] = {}
+        self.gen = 0
+
+    def push_free_slot(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def pop_free_slot(self) -> int | None:
+        return self.free.pop(0) if self.free else None
+
+    def read_slot(self, slot: int) -> Counters:
+        return self.stats.get(slot, Counters())
+
+    def zero_slot(self, slot: int) -> None:
+        self.stats.pop(slot, None)
+
+    def cgroup_entries(self) -> Iterator[tuple[int, int, int]]:
+        for cgid, (slot, kind) in self.cgroups.items():
+            yield cgid, slot, kind
+
+    def set_cgroup(self, cgid: int, slot: int, kind: int, only_new: bool = False) -> bool:
+        if only_new and cgid in self.cgroups:
+            return False
+        self.cgroups[cgid] = (slot, kind)
+        return True
+
+    def delete_cgroup(self, cgid: int) -> None:
+        del self.cgroups[cgid]
+
+    def set_pod_ip(self, address: str, slot: int) -> None:
+        self.ips[address] = slot
+
+    def delete_pod_ip(self, address: str) -> None:
+        del self.ips[address]
+
+    def bump_generation(self) -> None:
+        self.gen += 1
+
+    def health(self) -> tuple[int, ...]:
+        return (0,) * abi.NHEALTH
+
+    # the kernel's side
+    def kernel_sees(self, cgid: int) -> int:
+        slot = self.free.pop(0)
+        self.cgroups[cgid] = (slot, abi.CG_UNKNOWN)
+        return slot
+
+    def count(self, slot: int, **kw: int) -> None:
+        self.stats[slot] = self.read_slot(slot) + Counters(**kw)
+
+
+UID = "0f9d4b1e-8a2c-4c3e-9f00-1234567890ab"
+
+
+def test_new_pod_cgroup_then_removal_is_monotonic_and_final_once(tmp_path: Path) -> None:
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    pod_dir = tmp_path / "kubepods" / f"pod{UID}" / "c1"
+    pod_dir.mkdir(parents=True)
+    cgid = pod_dir.stat().st_ino
+    slot = maps.kernel_sees(cgid)
+    maps.count(slot, opened_out=3, payload_tx=300)
+    att.sync({})
+    assert maps.cgroups[cgid] == (slot, abi.CG_POD)
+    [_node, pod] = att.snapshot({})
+    assert pod.uid == UID and pod.counters.opened_out == 3 and not pod.final
+
+    pod_dir.rmdir()
+    att.sync({})  # cgroup gone: unmapped, slot retiring
+    assert cgid not in maps.cgroups and maps.gen == 1
+    maps.count(slot, closed_out=3)  # a straggler before the sockets re-resolve
+    assert [s.counters.closed_out for s in att.snapshot({}) if s.uid == UID] == [3]
+    att.sync({})  # retired: carried, zeroed, freed
+    assert slot in maps.free and slot not in maps.stats
+    last = [s for s in att.snapshot({}) if s.uid == UID]
+    assert len(last) == 1 and last[0].final and last[0].counters.closed_out == 3 and last[0].counters.opened_out == 3
+    assert [s for s in att.snapshot({}) if s.uid == UID] == []
+
+
+def test_non_pod_cgroup_goes_to_the_node_and_keeps_its_counts(tmp_path: Path) -> None:
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    (tmp_path / "system.slice").mkdir()
+    cgid = (tmp_path / "system.slice").stat().st_ino
+    slot = maps.kernel_sees(cgid)
+    maps.count(slot, payload_rx=50)
+    att.sync({})
+    assert maps.cgroups[cgid] == (abi.SLOT_NODE, abi.CG_HOST)
+    maps.count(abi.SLOT_NODE, payload_rx=7)
+    att.sync({})
+    node = att.snapshot({})[0]
+    assert node.uid is None and node.counters.payload_rx == 57
+
+
+def test_pod_ips_mirrored_and_reused_ip_moves(tmp_path: Path) -> None:
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    x = PodInfo(uid="x", name="x", namespace="d", ips=("10.0.0.9",))
+    att.sync({"x": x})
+    sx = maps.ips["10.0.0.9"]
+    y = PodInfo(uid="y", name="y", namespace="d", ips=("10.0.0.9",))
+    hn = PodInfo(uid="h", name="h", namespace="d", ips=("192.0.2.1",), host_network=True)
+    att.sync({"y": y, "h": hn})
+    assert maps.ips["10.0.0.9"] != sx and "192.0.2.1" not in maps.ips
+    assert maps.gen == 2
