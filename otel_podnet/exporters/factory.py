@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from ..settings import ConfigError, Settings
-from . import Exporter
+import os
+from collections.abc import Mapping
+
+from ..settings import Settings
+from . import Exporter, ExportStats
 from .console import ConsoleExporter
 
 
-def build_exporters(settings: Settings) -> list[Exporter]:
+def build_exporters(settings: Settings, env: Mapping[str, str] | None = None) -> list[Exporter]:
+    env = os.environ if env is None else env
+    stats = ExportStats()
     out: list[Exporter] = []
     for name in settings.exporters:
         if name == "console":
             out.append(ConsoleExporter())
-        else:
-            raise ConfigError(f"--exporter {name!r}: not available in this build; expected console or none")
+        elif name == "otlp":
+            from .otlp import OtlpExporter
+
+            out.append(OtlpExporter(settings.node_name, stats, env))
+        elif name == "prometheus":
+            from .prometheus import PrometheusExporter
+
+            out.append(PrometheusExporter(settings.node_name, stats, settings.prometheus_address, env))
     return out

@@ -1,0 +1,269 @@
+"""``--exporter otlp``: one OTLP export request per interval carrying every pod.
+
+Design: the kernel already holds exact cumulative counters, so instead of one SDK
+MeterProvider per pod (a provider binds exactly one Resource) with observable instruments
+and a merge of their readers' output, this exporter builds the OTLP data model directly:
+one ``ResourceMetrics`` per pod and one for the node, from the single snapshot of the
+interval, handed to the SDK's OTLP exporter (gRPC or HTTP/protobuf, configured by the
+standard ``OTEL_EXPORTER_OTLP_*`` variables) in one ``export()``. The points are what the
+SDK would emit for an ObservableCounter (monotonic Sum) and an ObservableUpDownCounter
+(non-monotonic Sum). There is nothing per pod to create or release beyond the delta state
+below, so a departed pod leaves nothing behind once its final figures are out.
+
+Exports run on one worker thread, always on the newest snapshot: a slow or absent
+collector delays nothing else and no backlog grows. Cumulative figures after an outage are
+exact by construction; in delta mode each delta is taken against the last value that was
+*successfully* exported, so the deltas always add up to the truth.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from logging import getLogger
+from typing import Any
+from urllib.parse import urlparse
+
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Metric,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from .. import __version__
+from ..inventory import PodInfo
+from ..log import RateLimited
+from ..resources import env_attributes, node_attributes, pod_attributes
+from ..samples import PodSample, Snapshot
+from ..series import HEALTH_METRICS, POD_METRICS, Attrs, MetricDef, health_series, pod_series
+from ..settings import ConfigError
+from . import ExportStats
+
+_logger = getLogger(__name__)
+SCOPE = InstrumentationScope("otel_podnet", __version__)
+PROTOCOLS = ("grpc", "http/protobuf")
+
+SeriesKey = tuple[str | None, str, Attrs]
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    return env.get(f"OTEL_EXPORTER_OTLP_METRICS_{name}") or env.get(f"OTEL_EXPORTER_OTLP_{name}") or None
+
+
+def protocol(env: Mapping[str, str]) -> str:
+    p = _env(env, "PROTOCOL") or "grpc"
+    if p not in PROTOCOLS:
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL {p!r}: expected one of {', '.join(PROTOCOLS)}")
+    return p
+
+
+def check_endpoint(env: Mapping[str, str], proto: str) -> None:
+    for var in ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        value = env.get(var)
+        if not value:
+            continue
+        ok = False
+        if "://" in value:
+            u = urlparse(value)
+            try:
+                port_ok = u.port is None or 0 < u.port < 65536
+            except ValueError:
+                port_ok = False
+            ok = u.scheme in ("http", "https") and bool(u.hostname) and port_ok and " " not in value
+        elif proto == "grpc":  # the gRPC exporter also takes host:port
+            host, _, port = value.rpartition(":")
+            ok = bool(host) and port.isdigit() and 0 < int(port) < 65536
+        if not ok:
+            raise ConfigError(
+                f"{var} {value!r}: expected a URL such as http://collector:4317 (grpc) or "
+                "http://collector:4318 (http/protobuf)"
+            )
+
+
+def delta_preferred(env: Mapping[str, str]) -> bool:
+    v = (env.get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE") or "cumulative").strip().lower()
+    if v not in ("cumulative", "delta", "lowmemory"):
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE {v!r}: expected cumulative or delta")
+    # "lowmemory" keeps observable counters cumulative, as the specification says
+    return v == "delta"
+
+
+def make_sdk_exporter(env: Mapping[str, str]) -> MetricExporter:
+    proto = protocol(env)
+    check_endpoint(env, proto)
+    if proto == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+
+        return Grpc()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+
+    return Http()
+
+
+class OtlpExporter:
+    def __init__(
+        self,
+        node_name: str,
+        stats: ExportStats,
+        env: Mapping[str, str] | None = None,
+        sdk_exporter: MetricExporter | None = None,
+    ) -> None:
+        env = os.environ if env is None else env
+        self._sdk = sdk_exporter or make_sdk_exporter(env)
+        self._delta = delta_preferred(env)
+        self._node = node_name
+        self._extra = env_attributes(env)
+        self._stats = stats
+        self._start_ns = time.time_ns()
+        self._last_ok_ns = self._start_ns
+        self._last: dict[SeriesKey, float] = {}
+        self._unsent_finals: dict[str, tuple[PodSample, PodInfo | None]] = {}
+        self._log = RateLimited(_logger, 60.0)
+        self._cond = threading.Condition()
+        self._pending: tuple[Snapshot, dict[str, PodInfo], int] | None = None
+        self._busy = False
+        self._stopping = False
+        self._worker = threading.Thread(target=self._run, name="otlp-export", daemon=True)
+        self._worker.start()
+
+    # -- the agent's side ----------------------------------------------------------------------
+
+    def export(self, snapshot: Snapshot, pods: Mapping[str, PodInfo]) -> None:
+        """Hand over the newest snapshot; the worker exports it when it is free."""
+        with self._cond:
+            if self._pending is not None:
+                # The collector is slower than the interval: merge the finals of the snapshot
+                # we are replacing, the rest is contained in the newer one.
+                self._keep_finals(self._pending[0], self._pending[1])
+            self._pending = (snapshot, dict(pods), time.time_ns())
+            self._cond.notify()
+
+    def shutdown(self) -> None:
+        """Export what is pending (the final snapshot), then stop."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._worker.join(timeout=30)
+        self._sdk.shutdown()
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stopping:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                snapshot, pods, now_ns = self._pending
+                self._pending = None
+            self._export_one(snapshot, pods, now_ns)
+
+    def _keep_finals(self, snapshot: Snapshot, pods: Mapping[str, PodInfo]) -> None:
+        for s in snapshot.samples:
+            if s.final and s.uid:
+                self._unsent_finals[s.uid] = (s, pods.get(s.uid))
+
+    def _export_one(self, snapshot: Snapshot, pods: dict[str, PodInfo], now_ns: int) -> None:
+        samples = list(snapshot.samples)
+        have = {s.uid for s in samples}
+        for uid, (s, info) in list(self._unsent_finals.items()):
+            if uid not in have:
+                samples.append(s)
+                if info is not None:
+                    pods.setdefault(uid, info)
+        data, values = self.build(samples, snapshot, pods, now_ns)
+        try:
+            result = self._sdk.export(data)
+        except Exception as exc:  # a broken exporter must not stop the agent
+            result = MetricExportResult.FAILURE
+            _logger.debug("OTLP export raised", exc_info=exc)
+        if result == MetricExportResult.SUCCESS:
+            self._last.update(values)
+            self._last_ok_ns = now_ns
+            for s in samples:
+                if s.final and s.uid:
+                    self._unsent_finals.pop(s.uid, None)
+                    for key in [k for k in self._last if k[0] == s.uid]:
+                        del self._last[key]
+        else:
+            self._stats.failed()
+            self._keep_finals(Snapshot(tuple(samples), snapshot.health), pods)
+            self._log.warning(
+                "OTLP export failed; counting goes on in the kernel and the next export carries the totals"
+            )
+
+    # -- the data model ---------------------------------------------------------------------------
+
+    def build(
+        self, samples: list[PodSample], snapshot: Snapshot, pods: Mapping[str, PodInfo], now_ns: int
+    ) -> tuple[MetricsData, dict[SeriesKey, float]]:
+        values: dict[SeriesKey, float] = {}
+        resource_metrics = []
+        for s in samples:
+            if s.uid is None:
+                attrs = node_attributes(self._node, self._extra)
+                points = list(pod_series(s.counters))
+                metrics = self._metrics(None, POD_METRICS, points, now_ns, values)
+                metrics += self._metrics(
+                    None, HEALTH_METRICS, list(health_series(snapshot.health, self._stats.failures)), now_ns, values
+                )
+            else:
+                attrs = pod_attributes(s.uid, pods.get(s.uid), self._node, self._extra)
+                metrics = self._metrics(s.uid, POD_METRICS, list(pod_series(s.counters)), now_ns, values)
+            resource_metrics.append(
+                ResourceMetrics(
+                    resource=Resource(attrs),
+                    scope_metrics=[ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url="")],
+                    schema_url="",
+                )
+            )
+        return MetricsData(resource_metrics=resource_metrics), values
+
+    def _metrics(
+        self,
+        owner: str | None,
+        defs: tuple[MetricDef, ...],
+        points: list[tuple[MetricDef, Attrs, Any]],
+        now_ns: int,
+        values: dict[SeriesKey, float],
+    ) -> list[Metric]:
+        out = []
+        for d in defs:
+            dps = []
+            for md, attrs, value in points:
+                if md is not d:
+                    continue
+                key: SeriesKey = (owner, d.name, attrs)
+                values[key] = value
+                start = self._start_ns
+                if self._delta and d.monotonic:
+                    start = self._last_ok_ns
+                    value = value - self._last.get(key, 0)
+                dps.append(
+                    NumberDataPoint(
+                        attributes=dict(attrs), start_time_unix_nano=start, time_unix_nano=now_ns, value=value
+                    )
+                )
+            if not dps:
+                continue
+            if d.gauge:
+                data: Any = Gauge(data_points=dps)
+            else:
+                temporality = (
+                    AggregationTemporality.DELTA if self._delta and d.monotonic else AggregationTemporality.CUMULATIVE
+                )
+                data = Sum(data_points=dps, aggregation_temporality=temporality, is_monotonic=d.monotonic)
+            out.append(Metric(name=d.name, description=d.description, unit=d.unit, data=data))
+        return out

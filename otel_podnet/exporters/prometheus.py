@@ -1,0 +1,110 @@
+"""``--exporter prometheus``: ``/metrics`` with one series per pod and attribute set.
+
+The SDK's Prometheus reader serves one Resource only, so this renders the newest snapshot
+with prometheus_client directly: the Resource attributes become labels (``k8s_pod_name``,
+``k8s_namespace_name``, ...) next to the point attributes, and names are converted as the
+OpenTelemetry-to-Prometheus rules do (unit suffix, ``_total`` for monotonic sums).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from logging import getLogger
+from typing import Any
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from ..inventory import PodInfo
+from ..resources import env_attributes, node_attributes, pod_attributes
+from ..samples import Snapshot
+from ..series import HEALTH_METRICS, POD_METRICS, Attrs, MetricDef, health_series, pod_series
+from . import ExportStats
+
+_logger = getLogger(__name__)
+
+_UNITS = {"By": "bytes", "s": "seconds"}
+
+
+def prom_name(d: MetricDef) -> str:
+    base = re.sub(r"[^a-zA-Z0-9_]", "_", d.name)
+    unit = _UNITS.get(d.unit, "")  # annotations such as {connection} are dropped
+    return f"{base}_{unit}" if unit else base
+
+
+def label_name(key: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, node_name: str, stats: ExportStats, extra: Mapping[str, str]) -> None:
+        self._node = node_name
+        self._stats = stats
+        self._extra = extra
+        self._lock = threading.Lock()
+        self._latest: tuple[Snapshot, dict[str, PodInfo]] | None = None
+
+    def update(self, snapshot: Snapshot, pods: Mapping[str, PodInfo]) -> None:
+        with self._lock:
+            self._latest = (snapshot, dict(pods))
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            latest = self._latest
+        if latest is None:
+            return
+        snapshot, pods = latest
+        rows: list[tuple[MetricDef, dict[str, str], float]] = []
+        for s in snapshot.samples:
+            if s.uid is None:
+                res = node_attributes(self._node, self._extra)
+                rows += [(d, _labels(res, a), v) for d, a, v in pod_series(s.counters)]
+                rows += [(d, _labels(res, a), v) for d, a, v in health_series(snapshot.health, self._stats.failures)]
+            else:
+                res = pod_attributes(s.uid, pods.get(s.uid), self._node, self._extra)
+                rows += [(d, _labels(res, a), v) for d, a, v in pod_series(s.counters)]
+        for d in (*POD_METRICS, *HEALTH_METRICS):
+            mine = [(labels, v) for md, labels, v in rows if md is d]
+            if not mine:
+                continue
+            fam: Any
+            if d.monotonic:
+                fam = CounterMetricFamily(prom_name(d), d.description, labels=None)
+            else:
+                fam = GaugeMetricFamily(prom_name(d), d.description, labels=None)
+            for labels, v in mine:
+                fam.add_sample(fam.name + ("_total" if d.monotonic else ""), labels, v)
+            yield fam
+
+
+def _labels(resource: Mapping[str, str], attrs: Attrs) -> dict[str, str]:
+    out = {label_name(k): v for k, v in resource.items()}
+    out.update({label_name(k): v for k, v in attrs})
+    return out
+
+
+class PrometheusExporter:
+    def __init__(
+        self, node_name: str, stats: ExportStats, address: tuple[str, int], env: Mapping[str, str] | None = None
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._collector = _SnapshotCollector(node_name, stats, env_attributes(env))
+        self.registry.register(self._collector)
+        host, port = address
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            from ..settings import ConfigError
+
+            raise ConfigError(f"--prometheus-address {host}:{port}: cannot listen ({exc.strerror})") from exc
+        _logger.info("Prometheus /metrics on %s:%d", host, port)
+
+    def export(self, snapshot: Snapshot, pods: Mapping[str, PodInfo]) -> None:
+        self._collector.update(snapshot, pods)
+
+    def shutdown(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,83 @@
+"""The metrics of CONTRACT.md as series: (metric, point attributes, value) per owner.
+
+Shared by every exporter, so OTLP, Prometheus and the tests see the same figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .samples import Counters, Health
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str
+    unit: str
+    description: str
+    monotonic: bool  # ObservableCounter; else ObservableUpDownCounter (or a gauge for health)
+    gauge: bool = False
+
+
+OPENED = MetricDef("podnet.tcp.connections.opened", "{connection}", "Connections that reached ESTABLISHED", True)
+CLOSED = MetricDef("podnet.tcp.connections.closed", "{connection}", "Established connections that ended", True)
+ACTIVE = MetricDef("podnet.tcp.connections.active", "{connection}", "Connections established right now", False)
+FAILED = MetricDef("podnet.tcp.connections.failed", "{connection}", "Outbound attempts that never established", True)
+IO = MetricDef("podnet.network.io", "By", "IP bytes as on the wire", True)
+PACKETS = MetricDef("podnet.network.packets", "{packet}", "IP packets as on the wire", True)
+PAYLOAD = MetricDef("podnet.tcp.payload", "By", "TCP payload bytes", True)
+RETRANSMITS = MetricDef("podnet.tcp.retransmits", "{segment}", "Retransmitted TCP segments", True)
+RESETS = MetricDef("podnet.tcp.resets", "{segment}", "TCP RST segments sent and received", True)
+
+POD_METRICS = (OPENED, CLOSED, ACTIVE, FAILED, IO, PACKETS, PAYLOAD, RETRANSMITS, RESETS)
+
+H_PODS = MetricDef("podnet.agent.pods", "{pod}", "Pods this agent tracks", False, gauge=True)
+H_ENTRIES = MetricDef("podnet.agent.map.entries", "{entry}", "BPF map entries in use", False, gauge=True)
+H_CAPACITY = MetricDef("podnet.agent.map.capacity", "{entry}", "BPF map capacity", False, gauge=True)
+H_LOST = MetricDef("podnet.agent.events.lost", "{event}", "Kernel events that could not be attributed", True)
+H_EXPORT_FAILURES = MetricDef("podnet.agent.export.failures", "{export}", "Failed exports", True)
+H_COLLECTION = MetricDef("podnet.agent.collection.duration", "s", "Time to collect one snapshot", False, gauge=True)
+
+HEALTH_METRICS = (H_PODS, H_ENTRIES, H_CAPACITY, H_LOST, H_EXPORT_FAILURES, H_COLLECTION)
+
+Attrs = tuple[tuple[str, str], ...]
+
+
+def pod_series(c: Counters) -> Iterator[tuple[MetricDef, Attrs, int]]:
+    d = "podnet.direction"
+    yield OPENED, ((d, "outbound"),), c.opened_out
+    yield OPENED, ((d, "inbound"),), c.opened_in
+    yield CLOSED, ((d, "outbound"),), c.closed_out
+    yield CLOSED, ((d, "inbound"),), c.closed_in
+    yield ACTIVE, ((d, "outbound"),), c.active_out
+    yield ACTIVE, ((d, "inbound"),), c.active_in
+    for reason, v in c.failed.items():
+        yield FAILED, (("error.type", reason),), v
+    io, tr = "network.io.direction", "network.transport"
+    yield IO, ((io, "transmit"), (tr, "tcp")), c.bytes_tx_tcp
+    yield IO, ((io, "transmit"), (tr, "udp")), c.bytes_tx_udp
+    yield IO, ((io, "receive"), (tr, "tcp")), c.bytes_rx_tcp
+    yield IO, ((io, "receive"), (tr, "udp")), c.bytes_rx_udp
+    yield PACKETS, ((io, "transmit"), (tr, "tcp")), c.packets_tx_tcp
+    yield PACKETS, ((io, "transmit"), (tr, "udp")), c.packets_tx_udp
+    yield PACKETS, ((io, "receive"), (tr, "tcp")), c.packets_rx_tcp
+    yield PACKETS, ((io, "receive"), (tr, "udp")), c.packets_rx_udp
+    yield PAYLOAD, ((io, "transmit"),), c.payload_tx
+    yield PAYLOAD, ((io, "receive"),), c.payload_rx
+    yield RETRANSMITS, (), c.retransmits
+    yield RESETS, ((io, "transmit"),), c.resets_tx
+    yield RESETS, ((io, "receive"),), c.resets_rx
+
+
+def health_series(h: Health, export_failures: int) -> Iterator[tuple[MetricDef, Attrs, float]]:
+    yield H_PODS, (), h.pods
+    yield H_ENTRIES, (("podnet.map", "slots"),), h.slots_in_use
+    yield H_ENTRIES, (("podnet.map", "cgroups"),), h.cgroups_tracked
+    yield H_CAPACITY, (("podnet.map", "slots"),), h.slots_capacity
+    yield H_CAPACITY, (("podnet.map", "cgroups"),), h.cgroups_capacity
+    yield H_LOST, (("podnet.reason", "slots_exhausted"),), h.slots_exhausted
+    yield H_LOST, (("podnet.reason", "cgroups_full"),), h.cgroups_full
+    yield H_LOST, (("podnet.reason", "no_socket_storage"),), h.no_storage
+    yield H_EXPORT_FAILURES, (), export_failures
+    yield H_COLLECTION, (), h.collection_seconds

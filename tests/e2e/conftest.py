@@ -1,0 +1,147 @@
+"""e2e fixtures: the real Collector, a simulated node, and the real agent process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from otel_podnet.cgroups import find_cgroup2_mount
+from otel_podnet.simnode import SimNode, SimPod
+
+from .apiserver import kube_apiserver, kube_bin_dir  # noqa: F401  (fixtures)
+from .collector import CONFIG_DIR, SELF_TELEMETRY_OFF, build_otelcol, free_port, run_collector
+
+
+@pytest.fixture(scope="session")
+def otelcol() -> Path:
+    return build_otelcol()
+
+
+@dataclass
+class Collector:
+    grpc: int
+    http: int
+    prom: int
+    file: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.grpc}"
+
+    @property
+    def http_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.http}"
+
+
+@contextlib.contextmanager
+def gateway(binary: Path, workdir: Path, grpc_port: int | None = None) -> Iterator[Collector]:
+    """collector-config/gateway.yaml as shipped, with its listeners on free loopback ports,
+    k8s_attributes out of the pipeline (no cluster here), no batching (so each request the
+    agent sends is one line of the file exporter) and a file exporter added."""
+    grpc, http, prom = grpc_port or free_port(), free_port(), free_port()
+    out = workdir / "metrics.jsonl"
+    sets = [
+        f"receivers.otlp.protocols.grpc.endpoint=127.0.0.1:{grpc}",
+        f"receivers.otlp.protocols.http.endpoint=127.0.0.1:{http}",
+        f"exporters.prometheus.endpoint=127.0.0.1:{prom}",
+        f"exporters.file/test.path={out}",
+        "exporters.file/test.flush_interval=100ms",
+        "service.pipelines.metrics.processors=[memory_limiter]",
+        "service.pipelines.metrics.exporters=[file/test,prometheus]",
+        SELF_TELEMETRY_OFF,
+    ]
+    env = {"VENDOR_OTLP_ENDPOINT": "http://127.0.0.1:9", "VENDOR_API_KEY": "unused"}
+    with run_collector(binary, [CONFIG_DIR / "gateway.yaml"], sets, workdir, ready_port=grpc, env=env) as proc:
+        yield Collector(grpc, http, prom, out, proc)
+
+
+@pytest.fixture
+def node() -> Iterator[SimNode]:
+    n = SimNode(find_cgroup2_mount())
+    try:
+        yield n
+    finally:
+        n.cleanup()
+
+
+@dataclass
+class AgentProc:
+    proc: subprocess.Popen[str]
+    prom_port: int | None
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, err
+
+
+@contextlib.contextmanager
+def agent(
+    pods_file: Path,
+    env: Mapping[str, str],
+    exporters: Sequence[str] = ("otlp",),
+    interval: float = 0.5,
+    prometheus: bool = False,
+) -> Iterator[AgentProc]:
+    prom_port = free_port() if prometheus else None
+    args = [
+        sys.executable,
+        "-m",
+        "otel_podnet",
+        "run",
+        "--pods-file",
+        str(pods_file),
+        "--interval",
+        str(interval),
+        "--node-name",
+        "sim-node",
+        "--log-level",
+        "info",
+    ]
+    for e in exporters:
+        args += ["--exporter", e]
+    if prom_port:
+        args += ["--exporter", "prometheus", "--prometheus-address", f"127.0.0.1:{prom_port}"]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
+    )
+    try:
+        time.sleep(1.0)
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        yield AgentProc(proc, prom_port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+
+def exchange(node: SimNode, client: SimPod, server: SimPod, port: int, n: int, up: int, down: int) -> None:
+    srv = node.workload(server, "tcp-server", addr=server.ip4, port=port, count=n, recv=up, send=down)
+    node.wait_ready(srv)
+    node.result(node.workload(client, "tcp-client", addr=server.ip4, port=port, count=n, send=up, recv=down))
+    node.result(srv)
+
+
+def wait_for(check: object, timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def jdump(obj: object) -> str:
+    return json.dumps(obj, indent=1, default=str)[:3000]

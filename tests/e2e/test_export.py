@@ -1,0 +1,229 @@
+"""The real agent exporting over OTLP to the real Collector built from pinned modules,
+started from collector-config/gateway.yaml: every pod under its own Resource, exact values
+in the Collector's file and Prometheus outputs and on the agent's own /metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from otel_podnet.simnode import SimNode
+
+from . import otlp_json
+from .conftest import agent, exchange, gateway, wait_for
+
+RUNNING_AS_ROOT = pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root (BPF, namespaces)")
+
+OPENED_OUT = ("podnet.tcp.connections.opened", (("podnet.direction", "outbound"),))
+OPENED_IN = ("podnet.tcp.connections.opened", (("podnet.direction", "inbound"),))
+CLOSED_OUT = ("podnet.tcp.connections.closed", (("podnet.direction", "outbound"),))
+ACTIVE_OUT = ("podnet.tcp.connections.active", (("podnet.direction", "outbound"),))
+PAYLOAD_TX = ("podnet.tcp.payload", (("network.io.direction", "transmit"),))
+PAYLOAD_RX = ("podnet.tcp.payload", (("network.io.direction", "receive"),))
+
+
+def last_request(path: Path) -> dict[str, object]:
+    reqs = otlp_json.requests(path)
+    assert reqs, "the collector wrote nothing"
+    return reqs[-1]
+
+
+def pod_points(request: dict[str, object]) -> dict[str, tuple[dict[str, object], dict[otlp_json.Point, float]]]:
+    out = {}
+    for res, points in otlp_json.by_pod(request):
+        out[str(res.get("k8s.pod.uid", "node"))] = (res, points)
+    return out
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return str(r.read().decode())
+
+
+@RUNNING_AS_ROOT
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_three_pods_exact_over_the_wire(otelcol: Path, node: SimNode, tmp_path: Path, protocol: str) -> None:
+    web = node.add_pod("web-7d4b9c-x2x", "shop", labels={"app.kubernetes.io/name": "web"})
+    api = node.add_pod("api-0", "shop")
+    db = node.add_pod("db-0", "data")
+    pods_file = tmp_path / "pods.yaml"
+    node.write_pod_list(pods_file)
+    with gateway(otelcol, tmp_path / "col") as col:
+        endpoint = col.grpc_endpoint if protocol == "grpc" else col.http_endpoint
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_RESOURCE_ATTRIBUTES": "k8s.cluster.name=e2e",
+        }
+        with agent(pods_file, env, prometheus=True) as a:
+            exchange(node, web, api, 7100, n=12, up=40_000, down=3_000)
+            exchange(node, api, db, 7101, n=30, up=500, down=7_000)
+
+            def settled() -> bool:
+                reqs = otlp_json.requests(col.file)
+                if not reqs:
+                    return False
+                pts = pod_points(reqs[-1])
+                return (
+                    pts.get(db.uid, ({}, {}))[1].get(PAYLOAD_TX) == 210_000.0
+                    and pts.get(web.uid, ({}, {}))[1].get(PAYLOAD_RX) == 36_000.0
+                )
+
+            wait_for(settled, what="the collector to receive the final figures")
+            own = scrape(a.prom_port or 0)
+            rc, err = a.stop()
+        assert rc == 0, err
+        time.sleep(0.5)
+        request = last_request(col.file)
+        collector_prom = scrape(col.prom)
+
+    pods = pod_points(request)
+    # exactly one ResourceMetrics per live pod, and the node's
+    assert sorted(pods) == sorted([web.uid, api.uid, db.uid, "node"])
+    res_web, p_web = pods[web.uid]
+    assert res_web["k8s.pod.name"] == "web-7d4b9c-x2x" and res_web["k8s.namespace.name"] == "shop"
+    assert res_web["k8s.node.name"] == "sim-node" and res_web["k8s.cluster.name"] == "e2e"
+    assert res_web["service.name"] == "web" and res_web["service.namespace"] == "shop"
+    assert pods[api.uid][0]["service.name"] == "api-0"
+    assert pods["node"][0]["service.name"] == "otel-podnet"
+    p_api, p_db = pods[api.uid][1], pods[db.uid][1]
+    assert (p_web[OPENED_OUT], p_web[CLOSED_OUT], p_web[ACTIVE_OUT]) == (12, 12, 0)
+    assert (p_web[PAYLOAD_TX], p_web[PAYLOAD_RX]) == (480_000, 36_000)
+    assert (p_api[OPENED_IN], p_api[OPENED_OUT]) == (12, 30)
+    assert (p_api[PAYLOAD_RX], p_api[PAYLOAD_TX]) == (480_000 + 210_000, 36_000 + 15_000)
+    assert (p_db[OPENED_IN], p_db[PAYLOAD_RX], p_db[PAYLOAD_TX]) == (30, 15_000, 210_000)
+    assert otlp_json.temporality(request, "podnet.tcp.payload") == 2  # cumulative
+    assert ("podnet.agent.pods", ()) in pods["node"][1]
+
+    # the same figures through the Collector's Prometheus exporter and the agent's own /metrics
+    for text in (collector_prom, own):
+        line = next(
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("podnet_tcp_payload_bytes_total{")
+            and f'k8s_pod_uid="{db.uid}"' in ln
+            and 'network_io_direction="transmit"' in ln
+        )
+        assert float(line.rsplit(" ", 1)[1]) == 210_000
+        line = next(
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("podnet_tcp_connections_opened_total{")
+            and 'k8s_pod_name="api-0"' in ln
+            and 'podnet_direction="inbound"' in ln
+        )
+        assert float(line.rsplit(" ", 1)[1]) == 12
+
+
+@RUNNING_AS_ROOT
+def test_delta_sums_to_the_truth_and_removed_pod_final_once(otelcol: Path, node: SimNode, tmp_path: Path) -> None:
+    a, b = node.add_pod("a"), node.add_pod("b")
+    gone = node.add_pod("gone")
+    pods_file = tmp_path / "pods.yaml"
+    node.write_pod_list(pods_file)
+    with gateway(otelcol, tmp_path / "col") as col:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": col.grpc_endpoint,
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta",
+        }
+        with agent(pods_file, env, interval=0.3) as ag:
+            for i in range(4):  # traffic spread over several intervals
+                exchange(node, a, b, 7200 + i, n=5, up=10_000, down=1_000)
+                time.sleep(0.4)
+            exchange(node, gone, b, 7210, n=3, up=2_000, down=100)
+            time.sleep(1.0)
+            node.remove_pod(gone)
+            node.write_pod_list(pods_file)
+            time.sleep(2.0)
+            rc, err = ag.stop()
+        assert rc == 0, err
+        time.sleep(0.5)
+        reqs = otlp_json.requests(col.file)
+
+    totals: dict[str, float] = {}
+    gone_seen = []
+    for req in reqs:
+        assert otlp_json.temporality(req, "podnet.tcp.payload") == 1  # delta
+        for res, pts in otlp_json.by_pod(req):
+            uid = str(res.get("k8s.pod.uid", "node"))
+            if uid == gone.uid:
+                gone_seen.append(pts)
+            totals[(uid)] = totals.get(uid, 0) + pts.get(PAYLOAD_TX, 0)
+            totals[uid + "/opened"] = totals.get(uid + "/opened", 0) + pts.get(OPENED_OUT, 0)
+    assert totals[a.uid] == 20 * 10_000 and totals[a.uid + "/opened"] == 20
+    assert totals[b.uid] == 20 * 1_000 + 3 * 100
+    assert totals[gone.uid] == 3 * 2_000 and totals[gone.uid + "/opened"] == 3
+    # the departed pod: present while it lived, then gone from every later request
+    last_with = max(
+        i for i, req in enumerate(reqs) if any(r.get("k8s.pod.uid") == gone.uid for r, _ in otlp_json.by_pod(req))
+    )
+    assert last_with < len(reqs) - 1
+
+
+@RUNNING_AS_ROOT
+def test_collector_down_then_back_exact(otelcol: Path, node: SimNode, tmp_path: Path) -> None:
+    a, b = node.add_pod("a"), node.add_pod("b")
+    pods_file = tmp_path / "pods.yaml"
+    node.write_pod_list(pods_file)
+    grpc_port = None
+    with gateway(otelcol, tmp_path / "col1") as col:
+        grpc_port = col.grpc
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": col.grpc_endpoint, "OTEL_EXPORTER_OTLP_TIMEOUT": "2"}
+        ag_ctx = agent(pods_file, env, interval=0.5)
+        ag = ag_ctx.__enter__()
+        exchange(node, a, b, 7300, n=5, up=10_000, down=500)
+        wait_for(
+            lambda: pod_points(last_request(col.file)).get(a.uid, ({}, {}))[1].get(PAYLOAD_TX) == 50_000,
+            what="first figures",
+        )
+    try:
+        # the collector is gone for 60 s while traffic goes on
+        t_end = time.monotonic() + 60
+        i = 0
+        while time.monotonic() < t_end:
+            exchange(node, a, b, 7301 + i, n=2, up=10_000, down=500)
+            i += 1
+            time.sleep(2)
+        assert ag.proc.poll() is None, "the agent died while the collector was down"
+        with gateway(
+            otelcol, tmp_path / "col2", extra_sets=[f"receivers.otlp.protocols.grpc.endpoint=127.0.0.1:{grpc_port}"]
+        ) as col2:
+            want = 50_000 + 2 * i * 10_000
+            wait_for(lambda: bool(otlp_json.requests(col2.file)), timeout=30, what="the first export after the outage")
+            first = pod_points(otlp_json.requests(col2.file)[0])
+            assert first[a.uid][1][PAYLOAD_TX] == want
+            assert first[a.uid][1][OPENED_OUT] == 5 + 2 * i
+            rc, err = ag.stop()
+        assert rc == 0, err
+        assert "OTLP export failed" in err
+        assert err.count("OTLP export failed") <= 3  # logged at a bounded rate
+    finally:
+        ag_ctx.__exit__(None, None, None)
+
+
+def test_bad_endpoint_and_protocol_exit_2(tmp_path: Path) -> None:
+    pods = tmp_path / "pods.yaml"
+    pods.write_text("apiVersion: v1\nkind: PodList\nitems: []\n")
+    import os
+    import sys
+
+    for env, needle in (
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "not a url"}, "OTEL_EXPORTER_OTLP_ENDPOINT 'not a url': expected a URL"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"}, "OTEL_EXPORTER_OTLP_PROTOCOL 'carrier-pigeon': expected"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "otel_podnet", "run", "--pods-file", str(pods)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        assert r.returncode == 2, r.stderr
+        assert (
+            r.stderr.strip().splitlines()[-1] == f"otel-podnet: {needle}" or needle in r.stderr.strip().splitlines()[-1]
+        )
+        assert "Traceback" not in r.stderr
