@@ -189,9 +189,7 @@ def test_collector_down_then_back_exact(otelcol: Path, node: SimNode, tmp_path: 
             i += 1
             time.sleep(2)
         assert ag.proc.poll() is None, "the agent died while the collector was down"
-        with gateway(
-            otelcol, tmp_path / "col2", extra_sets=[f"receivers.otlp.protocols.grpc.endpoint=127.0.0.1:{grpc_port}"]
-        ) as col2:
+        with gateway(otelcol, tmp_path / "col2", grpc_port=grpc_port) as col2:
             want = 50_000 + 2 * i * 10_000
             wait_for(lambda: bool(otlp_json.requests(col2.file)), timeout=30, what="the first export after the outage")
             first = pod_points(otlp_json.requests(col2.file)[0])

@@ -62,10 +62,10 @@ fi
 
 # ocb's module step runs `go mod tidy`, which also wants the *test-only*
 # dependencies of every component; some of those versions (e.g. contrib's
-# pkg/xk8stest) are not served by every module proxy. `-e` (only understood by
-# `go mod tidy` among the commands ocb runs; others ignore it when it comes via
-# GOFLAGS) lets tidy record what it can and go on. Anything the build really
-# needs still fails loudly at compile time.
+# pkg/semconvtest v0.161.0) are not served by every module proxy. With `-e` in
+# GOFLAGS, tidy records what it can and goes on (the other go commands ocb runs
+# accept or ignore it). Anything the build really needs still fails loudly at
+# compile time.
 goflags="$(go env GOFLAGS)"
 export GOFLAGS="${goflags:+${goflags} }-e"
 
