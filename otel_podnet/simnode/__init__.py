@@ -121,8 +121,10 @@ class SimNode:
         in_pod_cgroup: bool = True,
         ipv6: bool = False,
         labels: dict[str, str] | None = None,
+        uid: str | None = None,
     ) -> SimPod:
-        uid = str(uuid.uuid4())
+        """A pod; ``uid`` is the Pod object's UID when the test created one in an API server."""
+        uid = uid or str(uuid.uuid4())
         cid = secrets.token_hex(32)
         pod_cg = cont_cg = None
         if in_pod_cgroup:
