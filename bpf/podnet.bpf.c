@@ -259,15 +259,27 @@ static __always_inline bool parse(struct __sk_buff *skb, struct pkt_info *pi)
 	}
 
 	if (proto == IPPROTO_TCP) {
+		__u8 *th = data + (l3_len & 0x3f);
+		__u8 doff, flags;
+		__be32 seq;
+
 		pi->transport = PODNET_TCP;
-		if (bpf_skb_load_bytes(skb, l3_len & 0x3f, l4b, sizeof(l4b)))
-			goto no_l4;
-		l4_len = (l4b[12] >> 4) * 4;
+		if ((void *)(th + 14) <= data_end) {	/* the linear header: no helper call */
+			seq = *(__be32 *)(th + 4);
+			doff = th[12];
+			flags = th[13];
+		} else {
+			if (bpf_skb_load_bytes(skb, l3_len & 0x3f, l4b, sizeof(l4b)))
+				goto no_l4;
+			__builtin_memcpy(&seq, &l4b[4], 4);
+			doff = l4b[12];
+			flags = l4b[13];
+		}
+		l4_len = (doff >> 4) * 4;
 		if (l4_len < sizeof(struct tcphdr))
 			goto no_l4;
-		pi->seq = ((__u32)l4b[4] << 24 | (__u32)l4b[5] << 16 | (__u32)l4b[6] << 8 | l4b[7]) +
-			  ((l4b[13] & 0x02) ? 1 : 0);	/* a SYN takes one sequence number */
-		pi->fin = l4b[13] & 0x01;
+		pi->seq = bpf_ntohl(seq) + ((flags & 0x02) ? 1 : 0);	/* a SYN takes one sequence number */
+		pi->fin = flags & 0x01;
 	} else if (proto == IPPROTO_UDP) {
 		pi->transport = PODNET_UDP;
 		if (skb->len < l3_len + 8)
@@ -400,23 +412,42 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		segs = 1;
 	__sync_fetch_and_add(&c->bytes[io][pi.transport], skb->len + (segs - 1) * pi.hdr_len);
 	__sync_fetch_and_add(&c->packets[io][pi.transport], segs);
-	if (pi.transport == PODNET_TCP && pi.l4_ok) {
-		struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+	if (pi.transport != PODNET_TCP || !pi.l4_ok)
+		return SK_PASS;
+	if (io == PODNET_TX) {
 		__u32 len = skb->len - pi.hdr_len, fresh;
+		struct bpf_tcp_sock *tp;
 
-		if (io == PODNET_TX) {
+		if (len) {
 			fresh = advance_seq(&st->seq_hw[PODNET_TX], pi.seq, pi.seq + len, true);
 			if (fresh)
 				__sync_fetch_and_add(&c->payload[PODNET_TX], fresh);
-		} else if (pi.fin) {
-			st->fin_seq = pi.seq + len;
-			__sync_fetch_and_or(&st->flags, PODNET_SK_FIN_RX);
 		}
-		/* rcv_nxt moves after the stack has taken a segment: read it on every packet. */
+		/*
+		 * rcv_nxt moves after the stack has taken a segment, and every segment taken is
+		 * acknowledged by a packet of ours: reading it on egress (and at the close, in the
+		 * state tracepoint) sees every received byte, without a read per ingress packet.
+		 */
+		tp = bpf_tcp_sock(sk);
 		if (tp && rcv_nxt_valid(state)) {
 			fresh = advance_rx(st, tp->rcv_nxt);
 			if (fresh)
 				__sync_fetch_and_add(&c->payload[PODNET_RX], fresh);
+		}
+	} else {
+		/*
+		 * The receive mark starts where the stream is when we first see the socket: on
+		 * ingress, before this segment is taken (a connection older than the agent).
+		 */
+		if (!st->seq_hw[PODNET_RX] && rcv_nxt_valid(state)) {
+			struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+
+			if (tp)
+				advance_rx(st, tp->rcv_nxt);
+		}
+		if (pi.fin) {
+			st->fin_seq = pi.seq + skb->len - pi.hdr_len;
+			__sync_fetch_and_or(&st->flags, PODNET_SK_FIN_RX);
 		}
 	}
 	return SK_PASS;

@@ -17,26 +17,36 @@ import pytest
 from otel_podnet.simnode import SimNode
 
 
-def ours_loaded() -> list[str]:
-    progs = json.loads(
-        subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    )
-    return [p.get("name", "") for p in progs if p.get("name", "").startswith("podnet_")]
+def podnet_progs() -> dict[int, str]:
+    """id -> name of every loaded podnet_* program on this machine."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return {int(p["id"]): p["name"] for p in json.loads(out) if p.get("name", "").startswith("podnet_")}
 
 
-def ours_attached(cgroup_root: Path) -> list[str]:
-    out = subprocess.run(
-        ["bpftool", "-j", "cgroup", "show", str(cgroup_root)], capture_output=True, text=True, check=True
-    )
-    return [
-        p.get("name", "") for p in json.loads(out.stdout.strip() or "[]") if p.get("name", "").startswith("podnet_")
-    ]
+def attached_ids(cgroup_root: Path) -> set[int]:
+    cmd = ["bpftool", "-j", "cgroup", "show", str(cgroup_root)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+    return {int(p["id"]) for p in json.loads(out or "[]")}
 
 
-@pytest.fixture(autouse=True)
-def nothing_before() -> None:
-    if ours_loaded():
-        pytest.fail(f"programs of an earlier agent are still loaded: {ours_loaded()}")
+class Ours:
+    """The programs the agent under test loaded: those that appeared after it started (an
+    agent elsewhere on the machine, such as a concurrent test run, is not ours)."""
+
+    def __init__(self) -> None:
+        self.before = set(podnet_progs())
+        self.ids: dict[int, str] = {}
+
+    def take(self) -> None:
+        self.ids = {i: n for i, n in podnet_progs().items() if i not in self.before}
+
+    def loaded(self) -> list[str]:
+        now = podnet_progs()
+        return [n for i, n in self.ids.items() if i in now]
+
+    def attached(self, cgroup_root: Path) -> list[str]:
+        on = attached_ids(cgroup_root)
+        return [n for i, n in self.ids.items() if i in on]
 
 
 def start(tmp_path: Path, node: SimNode, cgroup_root: Path) -> subprocess.Popen[str]:
@@ -77,12 +87,14 @@ def start(tmp_path: Path, node: SimNode, cgroup_root: Path) -> subprocess.Popen[
 
 def test_sigterm_final_export_and_detach(tmp_path: Path, node: SimNode, cgroup_root: Path) -> None:
     a = node.add_pod("a")
+    ours = Ours()
     proc = start(tmp_path, node, cgroup_root)
+    ours.take()
     try:
-        assert sorted(ours_loaded()) == sorted(
+        assert sorted(ours.loaded()) == sorted(
             ["podnet_ingress", "podnet_egress", "podnet_state", "podnet_retrans", "podnet_rst_tx", "podnet_rst_rx"]
         )
-        assert sorted(ours_attached(cgroup_root)) == ["podnet_egress", "podnet_ingress"]
+        assert sorted(ours.attached(cgroup_root)) == ["podnet_egress", "podnet_ingress"]
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
     finally:
@@ -91,19 +103,21 @@ def test_sigterm_final_export_and_detach(tmp_path: Path, node: SimNode, cgroup_r
     assert proc.returncode == 0, err
     assert "received SIGTERM" in err
     assert f"{a.namespace}/{a.name}" in out.split("POD")[-1]  # the final export
-    assert ours_loaded() == [] and ours_attached(cgroup_root) == []
+    assert ours.loaded() == [] and ours.attached(cgroup_root) == []
 
 
 def test_sigkill_leaves_nothing(tmp_path: Path, node: SimNode, cgroup_root: Path) -> None:
     node.add_pod("a")
+    ours = Ours()
     proc = start(tmp_path, node, cgroup_root)
-    assert len(ours_loaded()) == 6
+    ours.take()
+    assert len(ours.loaded()) == 6 and len(ours.attached(cgroup_root)) == 2
     proc.kill()
     proc.communicate(timeout=20)
     deadline = time.monotonic() + 5  # programs are freed as the kernel drops the last reference
-    while (ours_loaded() or ours_attached(cgroup_root)) and time.monotonic() < deadline:
+    while (ours.loaded() or ours.attached(cgroup_root)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert ours_loaded() == [] and ours_attached(cgroup_root) == []
+    assert ours.loaded() == [] and ours.attached(cgroup_root) == []
 
 
 def test_bad_pods_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -119,4 +133,3 @@ def test_bad_pods_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("otel-podnet: ") and "'ConfigMap' is not a PodList" in last
     assert "Traceback" not in r.stderr
-    assert ours_loaded() == []
