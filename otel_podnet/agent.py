@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from logging import getLogger
 from types import FrameType
 
 from .core import Core
 from .exporters import Exporter
+from .health import HealthState
 
 _logger = getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, core: Core, exporters: Sequence[Exporter], interval: float) -> None:
+    def __init__(
+        self, core: Core, exporters: Sequence[Exporter], interval: float, health: HealthState | None = None
+    ) -> None:
         self.core = core
         self.exporters = list(exporters)
         self.interval = interval
         self.stop_event = threading.Event()
+        self.health = health or HealthState(interval)
 
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, frame: FrameType | None) -> None:
@@ -32,6 +37,7 @@ class Agent:
 
     def collect_and_export(self) -> None:
         snapshot = self.core.collect()
+        self.health.collected()
         pods = self.core.pods
         for exporter in self.exporters:
             try:
@@ -42,8 +48,24 @@ class Agent:
     def run(self) -> int:
         self.core.start()
         try:
-            while not self.stop_event.wait(self.interval):
-                self.collect_and_export()
+            self.collect_and_export()
+            deadline = time.monotonic() + self.interval
+            while not self.stop_event.is_set():
+                # Between collections, pod changes (a pod gone, an IP reused) reach the
+                # kernel's maps at once when the pod source says so.
+                changed = getattr(self.core.source, "changed", None)
+                timeout = max(0.0, deadline - time.monotonic())
+                if isinstance(changed, threading.Event):
+                    if changed.wait(min(timeout, 0.5)) and not self.stop_event.is_set():
+                        changed.clear()
+                        self.core.resync()
+                elif self.stop_event.wait(timeout):
+                    break
+                if time.monotonic() >= deadline:
+                    self.collect_and_export()
+                    deadline += self.interval
+                    if deadline < time.monotonic():  # a slow collection: do not try to catch up
+                        deadline = time.monotonic() + self.interval
             self.collect_and_export()
         finally:
             for exporter in self.exporters:

@@ -59,6 +59,11 @@ class Core:
     def pods(self) -> Mapping[str, PodInfo]:
         return self.source.pods()
 
+    def resync(self) -> None:
+        """Bring the kernel's maps in line with the pod source now (between collections)."""
+        self.source.refresh()
+        self.attributor.sync(self.source.pods())
+
     def collect(self) -> Snapshot:
         t0 = time.perf_counter()
         self.source.refresh()

@@ -9,6 +9,7 @@ from .agent import Agent
 from .cgroups import CgroupError, find_cgroup2_mount
 from .core import Core
 from .exporters import Exporter
+from .health import HealthServer, HealthState
 from .inventory import InventoryError, NoPods, PodsFileSource, PodSource
 from .libbpf import LibbpfError
 from .settings import ConfigError, Settings
@@ -48,7 +49,15 @@ def run(settings: Settings) -> int:
         print(f"otel-podnet: {exc}", file=sys.stderr)
         return 3
     core = Core(cgroup_root, source)
-    agent = Agent(core, exporters, settings.interval)
+    health = HealthState(settings.interval)
+    health_server = None
+    if settings.health_address is not None:
+        try:
+            health_server = HealthServer(settings.health_address, health)
+        except ConfigError as exc:
+            print(f"otel-podnet: {exc}", file=sys.stderr)
+            return 2
+    agent = Agent(core, exporters, settings.interval, health)
     agent.install_signal_handlers()
     try:
         return agent.run()
@@ -60,3 +69,6 @@ def run(settings: Settings) -> int:
             if not r.ok:
                 print(r.line(), file=sys.stderr)
         return 3
+    finally:
+        if health_server is not None:
+            health_server.close()

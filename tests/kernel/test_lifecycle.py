@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -49,6 +52,23 @@ class Ours:
         return [n for i, n in self.ids.items() if i in on]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode().strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode().strip()
+
+
+HEALTH_PORT = free_port()
+
+
 def start(tmp_path: Path, node: SimNode, cgroup_root: Path) -> subprocess.Popen[str]:
     pods = tmp_path / "pods.yaml"
     node.write_pod_list(pods)
@@ -68,6 +88,8 @@ def start(tmp_path: Path, node: SimNode, cgroup_root: Path) -> subprocess.Popen[
             str(cgroup_root),
             "--node-name",
             node.name,
+            "--health-address",
+            f"127.0.0.1:{HEALTH_PORT}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -95,6 +117,8 @@ def test_sigterm_final_export_and_detach(tmp_path: Path, node: SimNode, cgroup_r
             ["podnet_ingress", "podnet_egress", "podnet_state", "podnet_retrans", "podnet_rst_tx", "podnet_rst_rx"]
         )
         assert sorted(ours.attached(cgroup_root)) == ["podnet_egress", "podnet_ingress"]
+        assert get(HEALTH_PORT, "/healthz") == (200, "live")
+        assert get(HEALTH_PORT, "/readyz") == (200, "ready")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
     finally:
