@@ -45,7 +45,9 @@ class Collector:
 
 
 @contextlib.contextmanager
-def gateway(binary: Path, workdir: Path, grpc_port: int | None = None) -> Iterator[Collector]:
+def gateway(
+    binary: Path, workdir: Path, grpc_port: int | None = None, extra_sets: Sequence[str] = ()
+) -> Iterator[Collector]:
     """collector-config/gateway.yaml as shipped, with its listeners on free loopback ports,
     k8s_attributes out of the pipeline (no cluster here), no batching (so each request the
     agent sends is one line of the file exporter) and a file exporter added."""
@@ -60,6 +62,7 @@ def gateway(binary: Path, workdir: Path, grpc_port: int | None = None) -> Iterat
         "service.pipelines.metrics.processors=[memory_limiter]",
         "service.pipelines.metrics.exporters=[file/test,prometheus]",
         SELF_TELEMETRY_OFF,
+        *extra_sets,
     ]
     env = {"VENDOR_OTLP_ENDPOINT": "http://127.0.0.1:9", "VENDOR_API_KEY": "unused"}
     with run_collector(binary, [CONFIG_DIR / "gateway.yaml"], sets, workdir, ready_port=grpc, env=env) as proc:

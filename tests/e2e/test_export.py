@@ -225,3 +225,100 @@ def test_bad_endpoint_and_protocol_exit_2(tmp_path: Path) -> None:
             r.stderr.strip().splitlines()[-1] == f"otel-podnet: {needle}" or needle in r.stderr.strip().splitlines()[-1]
         )
         assert "Traceback" not in r.stderr
+
+
+def make_pki(d: Path) -> dict[str, Path]:
+    """A test CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=otel-podnet test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.pem",
+        )
+    return {n: d / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+@RUNNING_AS_ROOT
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
+def test_tls_endpoint_with_a_test_ca(otelcol: Path, node: SimNode, tmp_path: Path, mutual: bool) -> None:
+    pki = make_pki(tmp_path / "pki")
+    a, b = node.add_pod("a"), node.add_pod("b")
+    pods_file = tmp_path / "pods.yaml"
+    node.write_pod_list(pods_file)
+    tls = [
+        f"receivers.otlp.protocols.grpc.tls.cert_file={pki['server.pem']}",
+        f"receivers.otlp.protocols.grpc.tls.key_file={pki['server.key']}",
+    ]
+    env = {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(pki["ca.pem"])}
+    if mutual:
+        tls.append(f"receivers.otlp.protocols.grpc.tls.client_ca_file={pki['ca.pem']}")
+        env |= {
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(pki["client.pem"]),
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(pki["client.key"]),
+        }
+    with gateway(otelcol, tmp_path / "col", extra_sets=tls) as col:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"https://localhost:{col.grpc}"
+        with agent(pods_file, env) as ag:
+            exchange(node, a, b, 7400, n=4, up=3_000, down=300)
+            wait_for(
+                lambda: (
+                    bool(otlp_json.requests(col.file))
+                    and pod_points(last_request(col.file)).get(a.uid, ({}, {}))[1].get(PAYLOAD_TX) == 12_000
+                ),
+                what="figures over TLS",
+            )
+            rc, err = ag.stop()
+        assert rc == 0, err
+        assert "OTLP export failed" not in err
