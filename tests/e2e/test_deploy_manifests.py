@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "deploy" / "otel-podnet.yaml"
 CHART = REPO / "deploy" / "helm" / "otel-podnet"
 IMAGE = "ghcr.io/otel-podnet/otel-podnet:0.1.0"
-CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"}
+CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN"}
 CHART_NS = "otel-podnet-chart"
 CHART_RELEASE = "e2e"
 
