@@ -495,6 +495,26 @@ static __always_inline struct podnet_sock *sk_state(const struct sock *sk)
 	return st;
 }
 
+/* The counters a full socket's events go to (and its storage, resolved). */
+static __always_inline struct podnet_counters *sk_counters(const struct sock *sk, struct podnet_sock **stp)
+{
+	struct podnet_sock *st = sk_state(sk);
+
+	if (!st)
+		return NULL;
+	if (stp)
+		*stp = st;
+	return slot_counters(st->slot);
+}
+
+/* Request and timewait mini-sockets have no storage (and no cgroup of their own). */
+static __always_inline bool sk_is_full(const struct sock *sk)
+{
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+
+	return state != BPF_TCP_TIME_WAIT && state != BPF_TCP_NEW_SYN_RECV;
+}
+
 static __always_inline __u32 fail_reason(int err)
 {
 	switch (err) {
@@ -524,10 +544,7 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 		return 0;
 	if (podnet_sk_protocol(sk) != IPPROTO_TCP)
 		return 0;
-	st = sk_state(sk);
-	if (!st)
-		return 0;
-	c = slot_counters(st->slot);
+	c = sk_counters(sk, &st);
 	if (!c)
 		return 0;
 
@@ -564,15 +581,10 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(podnet_retrans, const struct sock *sk, const struct sk_buff *skb)
 {
+	struct podnet_counters *c = sk_counters(sk, NULL);
 	struct skb_shared_info *shinfo;
-	struct podnet_counters *c;
-	struct podnet_sock *st;
 	__u32 segs;
 
-	st = sk_state(sk);
-	if (!st)
-		return 0;
-	c = slot_counters(st->slot);
 	if (!c)
 		return 0;
 	shinfo = (void *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
@@ -609,20 +621,12 @@ static __always_inline __u32 skb_owner_slot(const struct sk_buff *skb)
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(podnet_rst_tx, const struct sock *sk, const struct sk_buff *skb)
 {
-	struct podnet_counters *c;
-	struct podnet_sock *st = NULL;
-	__u32 slot;
+	struct podnet_counters *c = NULL;
 
-	if (sk)
-		st = bpf_sk_storage_get(&podnet_socks, (void *)sk, 0, 0);
-	if (st && (st->flags & PODNET_SK_RESOLVED))
-		slot = sk_state(sk) ? st->slot : PODNET_SLOT_NODE;
-	else if (sk && BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_CLOSE &&
-		 (st = sk_state(sk)))
-		slot = st->slot;
-	else
-		slot = skb_owner_slot(skb);
-	c = slot_counters(slot);
+	if (sk && sk_is_full(sk))
+		c = sk_counters(sk, NULL);
+	if (!c)
+		c = slot_counters(skb_owner_slot(skb));
 	if (c)
 		__sync_fetch_and_add(&c->resets[PODNET_TX], 1);
 	return 0;
@@ -631,13 +635,8 @@ int BPF_PROG(podnet_rst_tx, const struct sock *sk, const struct sk_buff *skb)
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(podnet_rst_rx, struct sock *sk)
 {
-	struct podnet_counters *c;
-	struct podnet_sock *st;
+	struct podnet_counters *c = sk_counters(sk, NULL);
 
-	st = sk_state(sk);
-	if (!st)
-		return 0;
-	c = slot_counters(st->slot);
 	if (c)
 		__sync_fetch_and_add(&c->resets[PODNET_RX], 1);
 	return 0;

@@ -55,6 +55,8 @@ def test_refused_connections(node: SimNode, start_agent: Callable[[], Agent]) ->
     assert c.failed == {"refused": 20, "timeout": 0, "unreachable": 0, "reset": 0, "other": 0}
     assert (c.opened_out, c.opened_in, c.closed_out, c.active_out) == (0, 0, 0, 0)
     assert c.resets_rx == 20  # each refusal is an RST received
+    # ... sent by b's kernel for a port with no socket: b's by its IP
+    assert agent.settle(b, lambda c: c.resets_tx == 20).resets_tx == 20
 
 
 def test_timeout_with_short_syn_retries(node: SimNode, start_agent: Callable[[], Agent]) -> None:
