@@ -32,6 +32,28 @@ def prog_stats() -> dict[str, tuple[int, int]]:
     }
 
 
+def baseline_object(tmp: Path) -> Path:
+    """bench/baseline.bpf.c compiled with the project's flags."""
+    import importlib.util
+
+    here = Path(__file__).resolve().parent
+    spec = importlib.util.spec_from_file_location("podnet_bpf_build", here.parent / "bpf" / "build.py")
+    assert spec and spec.loader
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    out: Path = build.compile_bpf(tmp / "baseline.bpf.o", here / "baseline.bpf.c")
+    return out
+
+
+def run_times(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, tuple[int, float]]:
+    out = {}
+    for name in sorted(after):
+        ns = after[name][0] - before.get(name, (0, 0))[0]
+        cnt = after[name][1] - before.get(name, (0, 0))[1]
+        out[name] = (cnt, ns / cnt if cnt else 0.0)
+    return out
+
+
 def transfer(node: SimNode, a: SimPod, b: SimPod, port: int) -> None:
     srv = node.workload(b, "tcp-server", addr=b.ip4, port=port, count=50, recv=1_000_000, send=10_000)
     node.wait_ready(srv)
@@ -68,21 +90,40 @@ def main() -> None:
         node.write_pod_list(pods)
         port = 9000
 
-        core = Core(root, PodsFileSource(pods, node.name))
-        core.start()
-        try:
-            sysctl.write_text("1")
-            before = prog_stats()
-            transfer(node, a, b, port)
-            after = prog_stats()
-        finally:
-            sysctl.write_text(old)
-            core.close()
-        print("BPF program run time during 50 x (1,000,000 up + 10,000 down) between two pods:")
-        for name in sorted(after):
-            ns = after[name][0] - before.get(name, (0, 0))[0]
-            cnt = after[name][1] - before.get(name, (0, 0))[1]
-            print(f"  {name:<16} runs {cnt:>9,}   average {ns / cnt if cnt else 0:6.1f} ns")
+        from otel_podnet.libbpf import BpfObject
+
+        base_obj = baseline_object(Path(tmp))
+        for offloads in (True, False):
+            for pod in (a, b):
+                node.set_offloads(pod, offloads)
+            figures = {}
+            for label in ("baseline (empty programs)", "otel-podnet"):
+                if label.startswith("baseline"):
+                    base = BpfObject(str(base_obj))
+                    base.load()
+                    for prog in ("podnet_base_in", "podnet_base_eg"):
+                        base.attach_cgroup(prog, str(root))
+                    base.attach("podnet_base_st")
+                    stop = base.close
+                else:
+                    core = Core(root, PodsFileSource(pods, node.name))
+                    core.start()
+                    stop = core.close
+                try:
+                    sysctl.write_text("1")
+                    before = prog_stats()
+                    port += 1
+                    transfer(node, a, b, port)
+                    figures[label] = run_times(before, prog_stats())
+                finally:
+                    sysctl.write_text(old)
+                    stop()
+            state = "on" if offloads else "off"
+            print(f"\nBPF run time (bpf_stats) during 50 x (1,000,000 up + 10,000 down), offloads {state}:")
+            for label, progs in figures.items():
+                for name, (cnt, avg) in progs.items():
+                    if cnt:
+                        print(f"  {label:<26} {name:<16} runs {cnt:>8,}   average {avg:6.1f} ns")
 
         rates: dict[str, list[float]] = {"off": [], "on": []}
         gbps: dict[str, list[float]] = {"off": [], "on": []}

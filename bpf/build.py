@@ -21,14 +21,23 @@ def find_clang() -> str:
     for name in (os.environ.get("CLANG", ""), "clang-19", "clang-18", "clang-17", "clang-16", "clang"):
         if name and shutil.which(name):
             return name
-    raise SystemExit("otel-podnet: clang not found; install clang-19 (apt-get install clang-19) to build the BPF object")
+    raise SystemExit("otel-podnet: clang not found; install clang-19 (apt-get install clang-19) to build BPF objects")
 
 
-def compile_bpf(out: Path = DEFAULT_OUT) -> Path:
-    src = HERE / "podnet.bpf.c"
+def compile_bpf(out: Path = DEFAULT_OUT, src: Path = HERE / "podnet.bpf.c") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [find_clang(), "-g", "-O2", "-target", "bpf", "-mcpu=v3", f"-D__TARGET_ARCH_{ARCH}", "-Wall", "-Werror",
-           f"-I{HERE}"]
+    cmd = [
+        find_clang(),
+        "-g",
+        "-O2",
+        "-target",
+        "bpf",
+        "-mcpu=v3",
+        f"-D__TARGET_ARCH_{ARCH}",
+        "-Wall",
+        "-Werror",
+        f"-I{HERE}",
+    ]
     if shutil.which("gcc"):
         multiarch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True).stdout.strip()
         if multiarch:
