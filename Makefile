@@ -3,7 +3,7 @@
 
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
-APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 ca-certificates
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 openssl ca-certificates
 PYTEST_ARGS ?=
 
 .PHONY: setup apt pip bpf demo test unit kernel e2e lint bench clean
