@@ -6,7 +6,7 @@ PIP ?= $(PYTHON) -m pip
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 openssl ca-certificates
 PYTEST_ARGS ?=
 
-.PHONY: setup apt pip bpf demo test unit kernel e2e lint bench clean
+.PHONY: setup apt pip bpf demo test unit kernel e2e e2e-tools lint bench clean
 
 setup: apt pip bpf
 
@@ -40,7 +40,15 @@ kernel:
 e2e:
 	$(PYTHON) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test: setup lint
+# The e2e tools (otelcol, kube-apiserver, etcd, helm) are built from pinned Go modules and
+# cached; the first build takes minutes, so it starts in the background while the lint,
+# unit and kernel tests run (the e2e fixtures wait for it through the scripts' locks).
+e2e-tools:
+	@mkdir -p build
+	@nohup bash tests/e2e/infra/build-otelcol.sh > build/otelcol-build.log 2>&1 &
+	@nohup bash tests/e2e/infra/build-kube.sh > build/kube-build.log 2>&1 &
+
+test: setup e2e-tools lint
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 bench: setup
