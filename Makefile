@@ -49,7 +49,7 @@ e2e-tools:
 	@nohup bash tests/e2e/infra/build-kube.sh > build/kube-build.log 2>&1 &
 
 test: setup e2e-tools lint
-	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+	$(PYTHON) -m pytest tests/unit tests/kernel tests/e2e $(PYTEST_ARGS)
 
 bench: setup
 	$(PYTHON) bench/run.py
