@@ -41,6 +41,11 @@ class Core:
         self.index = CgroupIndex(cgroup_root)
         self.attributor = Attributor(self.datapath, self.index)
         self._started = False
+        # The pods of the last snapshot, with the last known record of those that have
+        # left the inventory but are still reported (their final figures): their Resource
+        # keeps its name and workload to the end.
+        self._view: dict[str, PodInfo] = {}
+        self._last_known: dict[str, PodInfo] = {}
 
     def start(self) -> None:
         """Load, register what exists, then attach (see Attributor.start for why)."""
@@ -57,7 +62,8 @@ class Core:
 
     @property
     def pods(self) -> Mapping[str, PodInfo]:
-        return self.source.pods()
+        """The pods of the last collection (see ``_view``)."""
+        return self._view if self._view else self.source.pods()
 
     def resync(self) -> None:
         """Bring the kernel's maps in line with the pod source now (between collections)."""
@@ -70,6 +76,17 @@ class Core:
         pods = self.source.pods()
         self.attributor.sync(pods)
         samples = self.attributor.snapshot(pods)
+        self._last_known.update(pods)
+        view = dict(pods)
+        for s in samples:
+            if s.uid is not None and s.uid not in view and s.uid in self._last_known:
+                view[s.uid] = self._last_known[s.uid]
+        for s in samples:
+            if s.final and s.uid is not None:
+                self._last_known.pop(s.uid, None)
+        for uid in [u for u in self._last_known if u not in view]:
+            del self._last_known[uid]  # gone without counters: nothing left to report
+        self._view = view
         health = self.attributor.health(len(pods))
         health = type(health)(**{**health.__dict__, "collection_seconds": time.perf_counter() - t0})
         return Snapshot(tuple(samples), health)

@@ -12,7 +12,7 @@ from .exporters import Exporter
 from .health import HealthServer, HealthState
 from .inventory import InventoryError, NoPods, PodsFileSource, PodSource
 from .libbpf import LibbpfError
-from .settings import ConfigError, Settings
+from .settings import ConfigError, NotReady, Settings
 
 _logger = getLogger(__name__)
 
@@ -45,7 +45,7 @@ def run(settings: Settings) -> int:
     except (ConfigError, InventoryError) as exc:
         print(f"otel-podnet: {exc}", file=sys.stderr)
         return 2
-    except CgroupError as exc:
+    except (CgroupError, NotReady) as exc:
         print(f"otel-podnet: {exc}", file=sys.stderr)
         return 3
     core = Core(cgroup_root, source)

@@ -21,6 +21,10 @@ class ConfigError(Exception):
     """A bad option or environment value (exit 2)."""
 
 
+class NotReady(Exception):
+    """Something the agent needs is not there yet, such as an unreachable API (exit 3)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     node_name: str

@@ -91,20 +91,25 @@ class AgentProc:
 
 @contextlib.contextmanager
 def agent(
-    pods_file: Path,
+    pods_file: Path | None,
     env: Mapping[str, str],
     exporters: Sequence[str] = ("otlp",),
     interval: float = 0.5,
     prometheus: bool = False,
+    kubeconfig: Path | None = None,
 ) -> Iterator[AgentProc]:
+    """The agent process; its pods come from ``pods_file``, or from the API server that
+    ``kubeconfig`` points at (pass None as ``pods_file``)."""
     prom_port = free_port() if prometheus else None
+    source = ["--pods-file", str(pods_file)] if pods_file is not None else []
+    if kubeconfig is not None:
+        source += ["--kubeconfig", str(kubeconfig)]
     args = [
         sys.executable,
         "-m",
         "otel_podnet",
         "run",
-        "--pods-file",
-        str(pods_file),
+        *source,
         "--interval",
         str(interval),
         "--node-name",

@@ -152,6 +152,8 @@ def test_delta_sums_to_the_truth_and_removed_pod_final_once(otelcol: Path, node:
             uid = str(res.get("k8s.pod.uid", "node"))
             if uid == gone.uid:
                 gone_seen.append(pts)
+                # to its last export, the departed pod keeps its identity
+                assert (res.get("k8s.pod.name"), res.get("k8s.namespace.name")) == ("gone", "default")
             totals[(uid)] = totals.get(uid, 0) + pts.get(PAYLOAD_TX, 0)
             totals[uid + "/opened"] = totals.get(uid + "/opened", 0) + pts.get(OPENED_OUT, 0)
     assert totals[a.uid] == 20 * 10_000 and totals[a.uid + "/opened"] == 20

@@ -1,0 +1,724 @@
+"""The Kubernetes API pod source: the pods of this node, listed, then watched.
+
+The only module that imports ``kubernetes`` (the official client); otel_podnet.kube_source
+decides whether it is needed at all.
+
+- One daemon thread lists the node's pods (``fieldSelector=spec.nodeName=<node>``), then
+  watches them from the list's resourceVersion with bookmarks, resuming every new watch
+  from the last resourceVersion seen. A 410 Gone (an HTTP status or a watch ERROR event)
+  makes it list again and replace the whole view at once.
+- While the API is unreachable or refuses us, the last view stays (counting goes on in the
+  kernel) and the thread retries with exponential backoff and jitter, capped at 30 s.
+- The view is a dict keyed by pod UID that is replaced on every change and never mutated
+  afterwards: readers get a read-only proxy of it and need no lock. ``changed`` is set on
+  every change, so the agent can resync the kernel's pod-IP map at once.
+- Workload names: a StatefulSet or DaemonSet owner names itself; ReplicaSet → Deployment
+  and Job → CronJob need one GET of the owner (the ReplicaSet's or Job's own controller),
+  done once per owner when a pod with a new owner appears, and cached. A 403 or 404 falls
+  back to what the pod's labels tell (inventory.workload_from_owner), with one warning.
+- Requests are made with ``_preload_content=False`` and their JSON decoded here: the pods
+  arrive as the plain dicts otel_podnet.inventory.pod_from_object reads (as in a pods
+  file), without a round trip through the client's models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from .inventory import PodInfo, pod_from_object, workload_from_owner
+from .kube_source import ApiTarget
+from .settings import ConfigError, NotReady
+
+_logger = logging.getLogger(__name__)
+
+RBAC_HINT = "deploy/otel-podnet.yaml"
+# Owners whose workload names need the owner object: kind -> resource named in messages.
+LOOKED_UP = {"ReplicaSet": "replicasets.apps", "Job": "jobs.batch"}
+DIRECT = {"StatefulSet": "k8s.statefulset.name", "DaemonSet": "k8s.daemonset.name"}
+# Errors of the network or the HTTP layer below the API (the API's own are ApiException).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (410 Gone): list again."""
+
+
+class _WatchError(Exception):
+    """A watch ERROR event other than 410."""
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+
+def backoff_delay(
+    failures: int, cap: float = 30.0, base: float = 0.5, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: exponential from ``base``,
+    capped at ``cap``, with equal jitter (between half the step and the full step)."""
+    if failures <= 0:
+        return 0.0
+    step = min(cap, base * 2.0 ** min(failures - 1, 32))
+    return step / 2 + rand() * step / 2
+
+
+def controller_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of an object's controlling owner reference."""
+    meta = obj.get("metadata")
+    refs = meta.get("ownerReferences") if isinstance(meta, Mapping) else None
+    for ref in refs or []:
+        if isinstance(ref, Mapping) and ref.get("controller") and ref.get("kind") and ref.get("name"):
+            return str(ref["kind"]), str(ref["name"])
+    return None
+
+
+def workload_from_owner_object(kind: str, name: str, owner_obj: Mapping[str, Any]) -> dict[str, str]:
+    """Workload attributes of a pod controlled by ``kind``/``name``, given that owner object
+    as the API returned it (its own controller names the Deployment or CronJob)."""
+    parent = controller_of(owner_obj)
+    if kind == "ReplicaSet":
+        out = {"k8s.replicaset.name": name}
+        if parent is not None and parent[0] == "Deployment":
+            out["k8s.deployment.name"] = parent[1]
+        return out
+    if kind == "Job":
+        out = {"k8s.job.name": name}
+        if parent is not None and parent[0] == "CronJob":
+            out["k8s.cronjob.name"] = parent[1]
+        return out
+    attr = DIRECT.get(kind)
+    return {attr: name} if attr else {}
+
+
+def status_message(exc: Any) -> str:
+    """The ``message`` of the Status object an API error carries, else its reason."""
+    body = getattr(exc, "body", None)
+    doc: Any = None
+    if body:
+        try:
+            doc = json.loads(body)
+        except (TypeError, ValueError):
+            doc = None
+    msg = doc.get("message") if isinstance(doc, dict) else None
+    return str(msg or getattr(exc, "reason", None) or "").strip()
+
+
+def first_list_error(exc: Any, server: str, credentials: str) -> ConfigError | None:
+    """The configuration error a failed first list means, or None when retrying may help."""
+    status = getattr(exc, "status", None)
+    if status == 401:
+        return ConfigError(
+            f"Kubernetes API at {server}: 401 Unauthorized: the credentials of {credentials} were rejected"
+        )
+    if status == 403:
+        m = re.search(r'User "([^"]+)"', status_message(exc))
+        who = m.group(1) if m else f"the credentials of {credentials}"
+        return ConfigError(
+            f"Kubernetes API at {server}: 403 Forbidden: {who} cannot list pods at the cluster scope; "
+            f"grant get/list/watch on pods ({RBAC_HINT})"
+        )
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """A short, one-line account of a failed request."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(reason, BaseException):
+        exc = reason
+    if isinstance(exc, ApiException):
+        msg = status_message(exc)
+        return f"HTTP {exc.status}" + (f": {msg}" if msg else "")
+    text = re.sub(r"<[^<>]*>: ", "", str(exc))
+    m = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    if m:
+        return m.group(0).strip()
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first[:300] or type(exc).__name__
+
+
+def _tls_verify_failed(exc: BaseException) -> bool:
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc) or "CERTIFICATE_VERIFY_FAILED" in str(getattr(exc, "reason", ""))
+
+
+def _json(resp: Any) -> dict[str, Any]:
+    """The JSON object of a response fetched with ``_preload_content=False``."""
+    try:
+        data = resp.data
+    finally:
+        release = getattr(resp, "release_conn", None)
+        if callable(release):
+            release()
+    doc = json.loads(data)
+    if not isinstance(doc, dict):
+        raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _events(resp: Any) -> Iterator[Mapping[str, Any]]:
+    """The events of a watch response, one JSON object per line, as they arrive."""
+    rest = b""
+    for chunk in resp.stream(amt=None, decode_content=True):
+        if not chunk:
+            continue
+        lines = (rest + (chunk if isinstance(chunk, bytes) else str(chunk).encode())).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            if line.strip():
+                event = json.loads(line)
+                if isinstance(event, Mapping):
+                    yield event
+
+
+def _abort(resp: Any) -> None:
+    """Unblock a thread reading ``resp`` (a watch) from another thread."""
+    try:
+        shutdown = getattr(resp, "shutdown", None)  # urllib3 >= 2.3
+        if callable(shutdown):
+            shutdown()
+            return
+        sock = getattr(getattr(resp, "connection", None), "sock", None)
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Throttle:
+    """Log a recurring trouble at most once per ``period`` seconds, with the count."""
+
+    def __init__(self, logger: logging.Logger, period: float) -> None:
+        self._logger = logger
+        self._period = period
+        self._last = -1e18
+        self._suppressed = 0
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._period:
+            extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+            self._logger.log(level, msg + extra, *args)
+            self._last = now
+            self._suppressed = 0
+        else:
+            self._suppressed += 1
+
+
+# -- the source -----------------------------------------------------------------------------
+
+
+class KubePodSource:
+    """The pods of ``node_name`` from the Kubernetes API (a PodSource).
+
+    :meth:`start` lists them (retrying for up to ``first_list_timeout`` seconds while the
+    API is unreachable) and starts the watching thread. :meth:`refresh` takes the newest
+    view (True when it changed since the last refresh) and clears ``changed``;
+    :meth:`pods` returns that view, an immutable mapping keyed by pod UID."""
+
+    def __init__(
+        self,
+        api_client: Any,
+        node_name: str,
+        *,
+        server: str,
+        credentials: str,
+        first_list_timeout: float = 30.0,
+        backoff_cap: float = 10.0,
+        watch_seconds: tuple[int, int] = (300, 600),
+        page_size: int = 500,
+    ) -> None:
+        self.node_name = node_name
+        self.server = server
+        self.credentials = credentials
+        self.first_list_timeout = first_list_timeout
+        self.backoff_cap = backoff_cap
+        self.changed = threading.Event()
+        self._watch_seconds = watch_seconds
+        self._page_size = page_size
+        self._api = api_client
+        self._core: Any = k8s_client.CoreV1Api(api_client)
+        self._apps: Any = k8s_client.AppsV1Api(api_client)
+        self._batch: Any = k8s_client.BatchV1Api(api_client)
+        self._selector = f"spec.nodeName={node_name}"
+        self._lock = threading.Lock()
+        # written by one thread at a time (start(), then the watcher); published under _lock
+        self._pods: dict[str, PodInfo] = {}
+        self._published: Mapping[str, PodInfo] = MappingProxyType(self._pods)
+        self._version = 0
+        self._view: Mapping[str, PodInfo] = self._published
+        self._view_version = 0
+        self._rv = ""
+        self._owners: dict[tuple[str, str, str], dict[str, str]] = {}
+        self._owner_warned: set[tuple[str, int]] = set()
+        self._owner_pause_until = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._resp: Any = None
+        self._failures = 0
+        self._down_since: float | None = None
+        self._trouble = _Throttle(_logger, 60.0)  # unreachable, failing
+        self._refused = _Throttle(_logger, 60.0)  # 401/403: a different trouble, reported on its own
+
+    # -- PodSource --------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        self.changed.clear()  # before reading: a change from now on sets it again
+        with self._lock:
+            view, version = self._published, self._version
+        changed = version != self._view_version
+        self._view, self._view_version = view, version
+        return changed
+
+    def pods(self) -> Mapping[str, PodInfo]:
+        return self._view
+
+    def close(self) -> None:
+        self._stop.set()
+        resp = self._resp
+        if resp is not None:
+            _abort(resp)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+        try:
+            self._api.close()
+        except Exception:  # closing is best effort
+            _logger.debug("closing the API client", exc_info=True)
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """List the node's pods, then watch them in a daemon thread. Raises ConfigError when
+        the credentials are rejected, lack a permission, or the API stays unreachable."""
+        pods, rv = self._first_list()
+        self._check_watch_allowed()
+        self._rv = rv
+        self._publish(pods)
+        _logger.info(
+            "Kubernetes API at %s: %d pods on node %s (resourceVersion %s); watching them",
+            self.server,
+            len(pods),
+            self.node_name,
+            rv or "?",
+        )
+        if not pods:
+            _logger.warning(
+                "no pods on node %s yet: if the node has pods, --node-name (NODE_NAME) is not the node's name in "
+                "Kubernetes",
+                self.node_name,
+            )
+        self._thread = threading.Thread(target=self._run, name="kube-pods", daemon=True)
+        self._thread.start()
+
+    def _first_list(self) -> tuple[dict[str, PodInfo], str]:
+        deadline = time.monotonic() + self.first_list_timeout
+        failures = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return self._list_all(timeout=(max(0.5, min(10.0, remaining)), max(5.0, remaining)))
+            except ApiException as exc:
+                fatal = first_list_error(exc, self.server, self.credentials)
+                if fatal is not None:
+                    raise fatal from None
+                last = describe(exc)
+            except TRANSPORT_ERRORS as exc:
+                if _tls_verify_failed(exc):
+                    raise ConfigError(
+                        f"Kubernetes API at {self.server}: TLS certificate verification failed; "
+                        f"expected the server's certificate authority in {self.credentials}"
+                    ) from None
+                last = describe(exc)
+            failures += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotReady(
+                    f"Kubernetes API at {self.server} unreachable: {last} (retried for {self.first_list_timeout:g} s)"
+                )
+            if failures == 1:
+                _logger.warning(
+                    "Kubernetes API at %s not reachable yet (%s); retrying for up to %g s",
+                    self.server,
+                    last,
+                    self.first_list_timeout,
+                )
+            time.sleep(min(remaining, backoff_delay(failures, cap=5.0)))
+
+    def _check_watch_allowed(self) -> None:
+        """Listing worked; make sure watching will too (a SelfSubjectAccessReview, which
+        every authenticated user may create). Only a clear "no" stops the start."""
+        try:
+            review = k8s_client.V1SelfSubjectAccessReview(
+                spec=k8s_client.V1SelfSubjectAccessReviewSpec(
+                    resource_attributes=k8s_client.V1ResourceAttributes(verb="watch", resource="pods")
+                )
+            )
+            api: Any = k8s_client.AuthorizationV1Api(self._api)
+            doc = _json(api.create_self_subject_access_review(review, _preload_content=False, _request_timeout=(5, 10)))
+        except Exception as exc:  # the check is a courtesy: the watch itself says the same later
+            _logger.debug("SelfSubjectAccessReview for watching pods failed: %s", describe(exc))
+            return
+        status = doc.get("status")
+        if isinstance(status, Mapping) and status.get("allowed") is False:
+            raise ConfigError(
+                f"Kubernetes API at {self.server}: 403 Forbidden: the credentials of {self.credentials} may list "
+                f"but not watch pods at the cluster scope; grant get/list/watch on pods ({RBAC_HINT})"
+            )
+
+    # -- the view ---------------------------------------------------------------------------
+
+    def _publish(self, pods: dict[str, PodInfo]) -> None:
+        """Make ``pods`` (never mutated afterwards) the current view."""
+        with self._lock:
+            self._pods = pods
+            self._published = MappingProxyType(pods)
+            self._version += 1
+        self.changed.set()
+
+    def replace_all(self, pods: dict[str, PodInfo], why: str) -> bool:
+        """Replace the whole view at once (after a relist); True when anything changed."""
+        old = self._pods
+        added = pods.keys() - old.keys()
+        removed = old.keys() - pods.keys()
+        updated = [uid for uid in pods.keys() & old.keys() if pods[uid] != old[uid]]
+        changed = bool(added or removed or updated)
+        if changed:
+            self._publish(pods)
+        _logger.info(
+            "listed the pods of node %s again (%s): %d pods, %d added, %d removed, %d updated",
+            self.node_name,
+            why,
+            len(pods),
+            len(added),
+            len(removed),
+            len(updated),
+        )
+        self._prune_owners()
+        return changed
+
+    def apply_event(self, event: Mapping[str, Any]) -> None:
+        """One watch event: ADDED/MODIFIED/DELETED change the view, BOOKMARK only moves the
+        resourceVersion; ERROR raises (_Gone for 410)."""
+        kind = event.get("type")
+        obj = event.get("object")
+        if not isinstance(obj, Mapping):
+            return
+        if kind == "ERROR":
+            code = obj.get("code")
+            msg = str(obj.get("message") or obj.get("reason") or "")
+            if code == 410:
+                raise _Gone(msg or "410 Gone")
+            raise _WatchError(f"watch error {code}: {msg}")
+        meta = obj.get("metadata")
+        meta = meta if isinstance(meta, Mapping) else {}
+        if kind in ("ADDED", "MODIFIED"):
+            self._upsert(obj)
+        elif kind == "DELETED":
+            uid = meta.get("uid")
+            if uid and str(uid) in self._pods:
+                pods = dict(self._pods)
+                del pods[str(uid)]
+                self._publish(pods)
+                self._prune_owners()
+        rv = meta.get("resourceVersion")
+        if rv:
+            self._rv = str(rv)
+
+    def _upsert(self, obj: Mapping[str, Any]) -> None:
+        info = self._convert(obj)
+        if info is None:
+            return
+        if info.node_name and info.node_name != self.node_name:  # cannot happen with the field selector
+            if info.uid in self._pods:
+                pods = dict(self._pods)
+                del pods[info.uid]
+                self._publish(pods)
+            return
+        if self._pods.get(info.uid) == info:
+            return  # a status change that does not touch what we keep
+        pods = dict(self._pods)
+        pods[info.uid] = info
+        self._publish(pods)
+
+    def _convert(self, obj: Mapping[str, Any]) -> PodInfo | None:
+        got = pod_from_object(obj)
+        if isinstance(got, str):
+            meta = obj.get("metadata")
+            meta = meta if isinstance(meta, Mapping) else {}
+            _logger.warning("pod %s/%s from the API skipped: %s", meta.get("namespace"), meta.get("name"), got)
+            return None
+        if got.owner is not None:
+            workload = self.workload(got.namespace, got.owner, got.labels)
+            if workload != got.workload:
+                got = replace(got, workload=workload)
+        return got
+
+    # -- owners -----------------------------------------------------------------------------
+
+    def workload(self, namespace: str, owner: tuple[str, str], labels: Mapping[str, str]) -> dict[str, str]:
+        """Workload attributes of a pod in ``namespace`` controlled by ``owner``; one GET per
+        new ReplicaSet or Job, cached."""
+        kind, name = owner
+        if kind not in LOOKED_UP:
+            attr = DIRECT.get(kind)
+            return {attr: name} if attr else workload_from_owner(owner, labels)
+        key = (namespace, kind, name)
+        cached = self._owners.get(key)
+        if cached is not None:
+            return dict(cached)
+        if time.monotonic() < self._owner_pause_until:
+            return workload_from_owner(owner, labels)
+        try:
+            result = workload_from_owner_object(kind, name, self.get_owner(kind, namespace, name))
+        except ApiException as exc:
+            if exc.status not in (403, 404):
+                return self._owner_unavailable(owner, labels, exc)
+            self._warn_owner_once(kind, namespace, name, exc)
+            result = workload_from_owner(owner, labels)
+        except TRANSPORT_ERRORS as exc:
+            return self._owner_unavailable(owner, labels, exc)
+        self._owners[key] = result
+        return dict(result)
+
+    def get_owner(self, kind: str, namespace: str, name: str) -> Mapping[str, Any]:
+        """The owner object (a ReplicaSet or a Job) as the API returns it."""
+        timeout = (5, 10)
+        if kind == "ReplicaSet":
+            resp = self._apps.read_namespaced_replica_set(
+                name, namespace, _preload_content=False, _request_timeout=timeout
+            )
+        else:
+            resp = self._batch.read_namespaced_job(name, namespace, _preload_content=False, _request_timeout=timeout)
+        return _json(resp)
+
+    def _owner_unavailable(
+        self, owner: tuple[str, str], labels: Mapping[str, str], exc: BaseException
+    ) -> dict[str, str]:
+        """The API failed us for a reason that may pass: labels only, not cached, and no owner
+        lookups for a while (a pod burst must not wait on a struggling API)."""
+        self._owner_pause_until = time.monotonic() + 30.0
+        self._trouble.log(
+            logging.WARNING,
+            "cannot resolve the workload of %s %s (%s); using the pod's labels for now",
+            owner[0],
+            owner[1],
+            describe(exc),
+        )
+        return workload_from_owner(owner, labels)
+
+    def _warn_owner_once(self, kind: str, namespace: str, name: str, exc: Any) -> None:
+        status = int(exc.status)
+        if (kind, status) in self._owner_warned:
+            return
+        self._owner_warned.add((kind, status))
+        resource = LOOKED_UP[kind]
+        if status == 403:
+            _logger.warning(
+                "cannot get %s (403 Forbidden: %s): workload names of pods owned by a %s come from their labels only; "
+                "grant get on %s (%s)",
+                resource,
+                status_message(exc),
+                kind,
+                resource,
+                RBAC_HINT,
+            )
+        else:
+            _logger.warning(
+                "%s %s/%s not found (404): workload names of its pods come from their labels only "
+                "(further %s not found are not reported)",
+                kind,
+                namespace,
+                name,
+                resource,
+            )
+
+    def _prune_owners(self) -> None:
+        if len(self._owners) <= len(self._pods) + 256:
+            return
+        used = {(p.namespace, *p.owner) for p in self._pods.values() if p.owner is not None}
+        self._owners = {k: v for k, v in self._owners.items() if k in used}
+
+    # -- list and watch ---------------------------------------------------------------------
+
+    def _list_all(self, timeout: tuple[float, float] = (10.0, 60.0)) -> tuple[dict[str, PodInfo], str]:
+        """Every pod of the node now (a consistent read, page by page) and the list's
+        resourceVersion."""
+        pods: dict[str, PodInfo] = {}
+        token = ""
+        while True:
+            kwargs: dict[str, Any] = {
+                "field_selector": self._selector,
+                "limit": self._page_size,
+                "_preload_content": False,
+                "_request_timeout": timeout,
+            }
+            if token:
+                kwargs["_continue"] = token
+            doc = _json(self._core.list_pod_for_all_namespaces(**kwargs))
+            for item in doc.get("items") or []:
+                if not isinstance(item, Mapping):
+                    continue
+                info = self._convert(item)
+                if info is not None and (not info.node_name or info.node_name == self.node_name):
+                    pods[info.uid] = info
+            meta = doc.get("metadata")
+            meta = meta if isinstance(meta, Mapping) else {}
+            token = str(meta.get("continue") or "")
+            if not token:
+                return pods, str(meta.get("resourceVersion") or "")
+
+    def _watch_once(self) -> None:
+        """One watch request from the last resourceVersion, until the server ends it."""
+        lo, hi = self._watch_seconds
+        seconds = random.randint(lo, hi)
+        resp = self._core.list_pod_for_all_namespaces(
+            field_selector=self._selector,
+            watch=True,
+            allow_watch_bookmarks=True,
+            resource_version=self._rv,
+            timeout_seconds=seconds,
+            _preload_content=False,
+            _request_timeout=(10, seconds + 60),
+        )
+        self._resp = resp
+        try:
+            self._connected()
+            for event in _events(resp):
+                if self._stop.is_set():
+                    return
+                self.apply_event(event)
+        finally:
+            self._resp = None
+            try:
+                resp.release_conn()
+            except Exception:  # releasing is best effort
+                _logger.debug("releasing the watch connection", exc_info=True)
+
+    def _connected(self) -> None:
+        if self._down_since is not None:
+            _logger.info(
+                "Kubernetes API at %s reachable again after %.0f s", self.server, time.monotonic() - self._down_since
+            )
+            self._down_since = None
+        self._failures = 0
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        status = getattr(exc, "status", None) if isinstance(exc, ApiException) else None
+        if status in (401, 403):
+            self._refused.log(
+                logging.ERROR,
+                "Kubernetes API at %s refused to watch the pods of node %s with the credentials of %s (%s); "
+                "keeping the last view of %d pods and retrying (grant get/list/watch on pods, %s)",
+                self.server,
+                self.node_name,
+                self.credentials,
+                describe(exc),
+                len(self._pods),
+                RBAC_HINT,
+            )
+        else:
+            self._trouble.log(
+                logging.WARNING,
+                "Kubernetes API at %s unreachable (%s); keeping the last view of %d pods (counting goes on in "
+                "the kernel) and retrying with backoff",
+                self.server,
+                describe(exc),
+                len(self._pods),
+            )
+
+    def _run(self) -> None:
+        need_list = False
+        why = ""
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                if need_list:
+                    pods, rv = self._list_all()
+                    self._connected()
+                    self._rv = rv
+                    self.replace_all(pods, why)
+                    need_list = False
+                    began = time.monotonic()
+                self._watch_once()
+                if time.monotonic() - began > 1.0:
+                    continue  # the server ended the watch (its timeout): watch again at once
+                self._failures += 1  # a watch that ends at once: do not spin
+            except _Gone as exc:
+                need_list, why = True, f"410 Gone: {exc}"
+                if time.monotonic() - began > 1.0:
+                    continue
+                self._failures += 1
+            except _WatchError as exc:
+                if self._stop.is_set():
+                    break
+                need_list, why = True, str(exc)
+                self._failed(exc)
+            except ApiException as exc:
+                if self._stop.is_set():
+                    break
+                if exc.status == 410:
+                    need_list, why = True, "410 Gone"
+                self._failed(exc)
+            except TRANSPORT_ERRORS as exc:
+                if self._stop.is_set():
+                    break
+                self._failed(exc)
+            except Exception as exc:  # never let the watcher die: the view would freeze silently
+                if self._stop.is_set():
+                    break
+                _logger.exception("unexpected error watching the pods of node %s", self.node_name)
+                need_list, why = True, f"after {type(exc).__name__}"
+                self._failures += 1
+            self._stop.wait(backoff_delay(self._failures, cap=self.backoff_cap))
+
+
+# -- construction -----------------------------------------------------------------------------
+
+
+def load_configuration(target: ApiTarget) -> Any:
+    """A client Configuration for ``target``; ConfigError when it cannot be loaded."""
+    cfg = k8s_client.Configuration()
+    loaders: Any = k8s_config  # untyped in some client versions
+    try:
+        if target.in_cluster:
+            loaders.load_incluster_config(client_configuration=cfg)
+        else:
+            loaders.load_kube_config(config_file=str(target.kubeconfig), client_configuration=cfg, persist_config=False)
+    except Exception as exc:  # the loaders raise anything from ConfigException to KeyError
+        detail = describe(exc) if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{target.description}: {detail}; expected a usable Kubernetes config (a server and credentials)"
+        ) from None
+    cfg.retries = 0  # retrying is ours, with backoff; urllib3's would also log a warning per attempt
+    return cfg
+
+
+def open_source(target: ApiTarget, node_name: str, first_list_timeout: float = 30.0) -> KubePodSource:
+    """The started source of ``node_name``'s pods from the API ``target`` points at."""
+    cfg = load_configuration(target)
+    api = k8s_client.ApiClient(configuration=cfg)
+    source = KubePodSource(
+        api, node_name, server=str(cfg.host), credentials=target.description, first_list_timeout=first_list_timeout
+    )
+    try:
+        source.start()
+    except BaseException:
+        source.close()
+        raise
+    return source
