@@ -50,8 +50,9 @@ class _Retiring:
 
 
 class Attributor:
-    def __init__(self, maps: SlotMaps, index: CgroupIndex, max_slots: int = abi.MAX_SLOTS) -> None:
+    def __init__(self, maps: SlotMaps, index: CgroupIndex, max_slots: int = abi.MAX_SLOTS, gc_rounds: int = 64) -> None:
         self._maps = maps
+        self._gc_rounds = gc_rounds
         self._index = index
         self._max_slots = max_slots
         self._slot_owner: dict[int, str] = {}
@@ -109,6 +110,8 @@ class Attributor:
         self._index.begin_round()
         remapped = self._sync_cgroups()
         remapped |= self._sync_ips(pods)
+        if self._round % self._gc_rounds == 0:
+            self._forget_dead_host_cgroups()
         if remapped:
             self._maps.bump_generation()
         self._finish_retirements()
@@ -142,6 +145,21 @@ class Attributor:
                 remapped = True
         self._cgroups_tracked = tracked
         return remapped
+
+    def _forget_dead_host_cgroups(self) -> None:
+        """Drop the entries of non-pod cgroups that no longer exist. Their removal cannot be
+        seen cheaply (they are outside the pod subtrees), so every ``gc_rounds`` rounds one
+        walk of the hierarchy finds them; without it, a node's churning system cgroups
+        (sessions, cron jobs) would fill podnet_cgroups over months."""
+        alive = {info.cgid for info in self._index.walk_all()}
+        dropped = 0
+        for cgid, _slot, kind in list(self._maps.cgroup_entries()):
+            if kind == abi.CG_HOST and cgid not in alive:
+                self._maps.delete_cgroup(cgid)
+                dropped += 1
+        self._index.keep_only(alive)
+        if dropped:
+            _logger.debug("forgot %d cgroups that are gone", dropped)
 
     def _sync_ips(self, pods: Mapping[str, PodInfo]) -> bool:
         desired = {ip: p.uid for p in pods.values() for ip in p.ips_for_fallback}

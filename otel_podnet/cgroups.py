@@ -111,6 +111,10 @@ class CgroupIndex:
     def forget(self, cgid: int) -> None:
         self._by_id.pop(cgid, None)
 
+    def keep_only(self, alive: set[int]) -> None:
+        for cgid in [c for c in self._by_id if c not in alive]:
+            del self._by_id[cgid]
+
     def rescan_pods(self) -> None:
         self._scanned_this_round = True
         self.scans += 1

@@ -127,3 +127,20 @@ def test_pod_ips_mirrored_and_reused_ip_moves(tmp_path: Path) -> None:
     att.sync({"y": y, "h": hn})
     assert maps.ips["10.0.0.9"] != sx and "192.0.2.1" not in maps.ips
     assert maps.gen == 2
+
+
+def test_entries_of_dead_host_cgroups_are_forgotten_by_the_periodic_walk(tmp_path: Path) -> None:
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8, gc_rounds=3)
+    session = tmp_path / "user.slice" / "session-1.scope"
+    session.mkdir(parents=True)
+    att.start()
+    cgid = session.stat().st_ino
+    assert maps.cgroups[cgid] == (abi.SLOT_NODE, abi.CG_HOST)
+    session.rmdir()
+    att.sync({})
+    att.sync({})
+    assert cgid in maps.cgroups  # not yet: the walk runs every third round
+    att.sync({})
+    assert cgid not in maps.cgroups
+    assert (tmp_path / "user.slice").stat().st_ino in maps.cgroups  # the living stay
