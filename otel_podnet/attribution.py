@@ -162,7 +162,10 @@ class Attributor:
             _logger.debug("forgot %d cgroups that are gone", dropped)
 
     def _sync_ips(self, pods: Mapping[str, PodInfo]) -> bool:
-        desired = {ip: p.uid for p in pods.values() for ip in p.ips_for_fallback}
+        desired: dict[str, str] = {}
+        for p in sorted(pods.values(), key=lambda p: (p.ip_claim_rank, p.uid)):
+            for ip in p.ips_for_fallback:
+                desired[ip] = p.uid  # the best claim comes last and wins
         changed = False
         for ip, uid in list(self._ips.items()):
             if desired.get(ip) != uid:

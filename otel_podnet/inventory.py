@@ -41,6 +41,13 @@ class PodInfo:
     owner: tuple[str, str] | None = None
     # workload attributes resolved by the source, e.g. {"k8s.deployment.name": "web"}
     workload: Mapping[str, str] = field(default_factory=dict)
+    terminating: bool = False  # metadata.deletionTimestamp is set
+
+    @property
+    def ip_claim_rank(self) -> int:
+        """Which pod keeps an IP two pods claim: a live Running pod, then a Pending one, then a
+        terminating one (whose IP is about to be reused)."""
+        return (2 if self.phase == "Running" else 1) + (0 if self.terminating else 2)
 
     @property
     def ips_for_fallback(self) -> tuple[str, ...]:
@@ -94,6 +101,7 @@ def pod_from_object(obj: Mapping[str, Any]) -> PodInfo | str:
         annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
         owner=owner,
         workload=workload_from_owner(owner, labels),
+        terminating=bool(meta.get("deletionTimestamp")),
     )
 
 

@@ -144,3 +144,14 @@ def test_entries_of_dead_host_cgroups_are_forgotten_by_the_periodic_walk(tmp_pat
     att.sync({})
     assert cgid not in maps.cgroups
     assert (tmp_path / "user.slice").stat().st_ino in maps.cgroups  # the living stay
+
+
+def test_an_ip_claimed_twice_goes_to_the_live_pod(tmp_path: Path) -> None:
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    old = PodInfo(uid="z-old", name="old", namespace="d", ips=("10.0.0.7",), terminating=True)
+    new = PodInfo(uid="a-new", name="new", namespace="d", ips=("10.0.0.7",), phase="Pending")
+    for order in ({"z-old": old, "a-new": new}, {"a-new": new, "z-old": old}):
+        att.sync(order)
+        assert maps.ips["10.0.0.7"] == att._ip_slot["a-new"]
