@@ -358,13 +358,23 @@ static __always_inline __u32 advance_rx(struct podnet_sock *st, __u32 rcv_nxt)
 	return advance_seq(&st->seq_hw[PODNET_RX], rcv_nxt, rcv_nxt, false);
 }
 
+/* IP bytes and packets as on the wire: a GSO/GRO skb is the segments it stands for. */
+static __always_inline void count_wire(struct podnet_counters *c, struct __sk_buff *skb,
+				       const struct pkt_info *pi, const int io)
+{
+	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
+
+	__sync_fetch_and_add(&c->bytes[io][pi->transport], skb->len + (segs - 1) * pi->hdr_len);
+	__sync_fetch_and_add(&c->packets[io][pi->transport], segs);
+}
+
 static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 {
 	struct bpf_sock *sk = skb->sk;
 	struct podnet_counters *c;
 	struct podnet_sock *st;
 	struct pkt_info pi;
-	__u32 slot, segs, state;
+	__u32 slot, state;
 
 	if (!sk)
 		return SK_PASS;
@@ -374,7 +384,13 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 
 	st = bpf_sk_storage_get(&podnet_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
+		/* No memory for the cache: still count bytes and packets, by the cgroup. */
+		__u32 kind;
+
 		health_inc(PODNET_H_NO_STORAGE);
+		c = slot_counters(cgroup_slot(bpf_skb_cgroup_id(skb), &kind));
+		if (c)
+			count_wire(c, skb, &pi, io);
 		return SK_PASS;
 	}
 
@@ -407,11 +423,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 	c = slot_counters(slot);
 	if (!c)
 		return SK_PASS;
-	segs = skb->gso_segs;
-	if (segs == 0)
-		segs = 1;
-	__sync_fetch_and_add(&c->bytes[io][pi.transport], skb->len + (segs - 1) * pi.hdr_len);
-	__sync_fetch_and_add(&c->packets[io][pi.transport], segs);
+	count_wire(c, skb, &pi, io);
 	if (pi.transport != PODNET_TCP || !pi.l4_ok)
 		return SK_PASS;
 	if (io == PODNET_TX) {
