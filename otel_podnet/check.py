@@ -110,7 +110,7 @@ def _hooks(cgroup_root: Path | None, obj: Path) -> list[CheckResult]:
             )
         )
     except OSError as exc:
-        what = "verifier" if not dp_loaded(dp) else "hooks"
+        what = "hooks" if dp.loaded else "verifier"
         out.append(
             CheckResult(
                 what, False, str(exc), "see the log above; kernel needs cgroup BPF, BTF raw tracepoints, sk_storage"
@@ -119,10 +119,6 @@ def _hooks(cgroup_root: Path | None, obj: Path) -> list[CheckResult]:
     finally:
         dp.close()
     return out
-
-
-def dp_loaded(dp: Datapath) -> bool:
-    return hasattr(dp, "stats")
 
 
 def run_checks(

@@ -95,6 +95,10 @@ class Datapath:
             self._obj = None
             self._links.clear()
 
+    @property
+    def loaded(self) -> bool:
+        return self._obj is not None
+
     def _object(self) -> BpfObject:
         if self._obj is None:
             raise LibbpfError(9, "datapath not loaded")
