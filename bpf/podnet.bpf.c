@@ -211,15 +211,19 @@ struct pkt_info {
 	__u32 hdr_len;		/* IP + L4 header bytes of one segment */
 	__u32 transport;	/* PODNET_TCP / PODNET_UDP */
 	__u32 seq;		/* TCP: sequence number of the first payload byte */
+	__u32 ack_seq;		/* TCP: acknowledgment number (valid with ack) */
 	bool l4_ok;		/* L4 header present: payload is known */
 	bool fin;		/* TCP FIN */
+	bool ack;		/* TCP ACK */
 };
 
 /* Parse the IP and L4 headers; false for anything not counted (non-IP, not TCP/UDP). */
 static __always_inline bool parse(struct __sk_buff *skb, struct pkt_info *pi)
 {
 	pi->fin = false;
+	pi->ack = false;
 	pi->seq = 0;
+	pi->ack_seq = 0;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 l3_len, l4_len = 0;
@@ -260,18 +264,20 @@ static __always_inline bool parse(struct __sk_buff *skb, struct pkt_info *pi)
 
 	if (proto == IPPROTO_TCP) {
 		__u8 *th = data + (l3_len & 0x3f);
+		__be32 seq, ack_seq;
 		__u8 doff, flags;
-		__be32 seq;
 
 		pi->transport = PODNET_TCP;
 		if ((void *)(th + 14) <= data_end) {	/* the linear header: no helper call */
 			seq = *(__be32 *)(th + 4);
+			ack_seq = *(__be32 *)(th + 8);
 			doff = th[12];
 			flags = th[13];
 		} else {
 			if (bpf_skb_load_bytes(skb, l3_len & 0x3f, l4b, sizeof(l4b)))
 				goto no_l4;
 			__builtin_memcpy(&seq, &l4b[4], 4);
+			__builtin_memcpy(&ack_seq, &l4b[8], 4);
 			doff = l4b[12];
 			flags = l4b[13];
 		}
@@ -280,6 +286,8 @@ static __always_inline bool parse(struct __sk_buff *skb, struct pkt_info *pi)
 			goto no_l4;
 		pi->seq = bpf_ntohl(seq) + ((flags & 0x02) ? 1 : 0);	/* a SYN takes one sequence number */
 		pi->fin = flags & 0x01;
+		pi->ack = flags & 0x10;
+		pi->ack_seq = bpf_ntohl(ack_seq);
 	} else if (proto == IPPROTO_UDP) {
 		pi->transport = PODNET_UDP;
 		if (skb->len < l3_len + 8)
@@ -428,7 +436,6 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		return SK_PASS;
 	if (io == PODNET_TX) {
 		__u32 len = skb->len - pi.hdr_len, fresh;
-		struct bpf_tcp_sock *tp;
 
 		if (len) {
 			fresh = advance_seq(&st->seq_hw[PODNET_TX], pi.seq, pi.seq + len, true);
@@ -437,12 +444,12 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		}
 		/*
 		 * rcv_nxt moves after the stack has taken a segment, and every segment taken is
-		 * acknowledged by a packet of ours: reading it on egress (and at the close, in the
-		 * state tracepoint) sees every received byte, without a read per ingress packet.
+		 * acknowledged by a packet of ours, whose ACK number is rcv_nxt as it was sent:
+		 * following it (and rcv_nxt itself at the close, in the state tracepoint) sees
+		 * every received byte without touching tcp_sock per packet.
 		 */
-		tp = bpf_tcp_sock(sk);
-		if (tp && rcv_nxt_valid(state)) {
-			fresh = advance_rx(st, tp->rcv_nxt);
+		if (pi.ack && rcv_nxt_valid(state)) {
+			fresh = advance_rx(st, pi.ack_seq);
 			if (fresh)
 				__sync_fetch_and_add(&c->payload[PODNET_RX], fresh);
 		}
