@@ -363,6 +363,8 @@ static __always_inline __u32 advance_rx(struct podnet_sock *st, __u32 rcv_nxt)
 	if ((st->flags & PODNET_SK_FIN_RX) && (__s32)(rcv_nxt - st->fin_seq) > 0)
 		rcv_nxt = st->fin_seq;
 	/* First sight: count from here on (a connection older than the agent). */
+	if (!(st->flags & PODNET_SK_RX_MARK))
+		__sync_fetch_and_or(&st->flags, PODNET_SK_RX_MARK);
 	return advance_seq(&st->seq_hw[PODNET_RX], rcv_nxt, rcv_nxt, false);
 }
 
@@ -458,7 +460,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		 * The receive mark starts where the stream is when we first see the socket: on
 		 * ingress, before this segment is taken (a connection older than the agent).
 		 */
-		if (!st->seq_hw[PODNET_RX] && rcv_nxt_valid(state)) {
+		if (!(st->flags & PODNET_SK_RX_MARK) && rcv_nxt_valid(state)) {
 			struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
 
 			if (tp)

@@ -24,6 +24,7 @@
 #define PODNET_SK_ESTABLISHED	(1U << 1)	/* counted as active (opened or adopted) */
 #define PODNET_SK_INBOUND	(1U << 2)	/* direction of the counted connection */
 #define PODNET_SK_FIN_RX	(1U << 3)	/* a FIN arrived: fin_seq is valid */
+#define PODNET_SK_RX_MARK	(1U << 4)	/* seq_hw[PODNET_RX] is set */
 
 enum podnet_dir { PODNET_OUTBOUND = 0, PODNET_INBOUND = 1, PODNET_NDIRS = 2 };
 enum podnet_io { PODNET_TX = 0, PODNET_RX = 1, PODNET_NIO = 2 };
@@ -72,6 +73,12 @@ struct podnet_sock {
 	__u32 gen;	/* podnet_gen when resolved; a change forces a re-resolve */
 	__u32 flags;	/* PODNET_SK_* */
 	__u32 fin_seq;	/* sequence number of the peer's FIN */
+	/*
+	 * The marks below are written by egress on every data segment while ingress, often on
+	 * the other CPU, reads the fields above on every packet: a cache line apart, so the
+	 * writes do not pull the read-mostly line away from the receiving CPU.
+	 */
+	__u8 pad_line[48];
 	/*
 	 * TCP payload marks per direction (PODNET_TX/RX): bit 32 set = valid, low 32 bits =
 	 * the sequence number after the last payload byte counted. Sent payload advances with
