@@ -8,7 +8,7 @@ decides whether it is needed at all.
   from the last resourceVersion seen. A 410 Gone (an HTTP status or a watch ERROR event)
   makes it list again and replace the whole view at once.
 - While the API is unreachable or refuses us, the last view stays (counting goes on in the
-  kernel) and the thread retries with exponential backoff and jitter, capped at 30 s.
+  kernel) and the thread retries with exponential backoff and jitter, capped at 10 s.
 - The view is a dict keyed by pod UID that is replaced on every change and never mutated
   afterwards: readers get a read-only proxy of it and need no lock. ``changed`` is set on
   every change, so the agent can resync the kernel's pod-IP map at once.
