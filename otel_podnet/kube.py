@@ -42,6 +42,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .inventory import PodInfo, pod_from_object, workload_from_owner
 from .kube_source import ApiTarget
+from .log import RateLimited
 from .settings import ConfigError, NotReady
 
 _logger = logging.getLogger(__name__)
@@ -197,26 +198,6 @@ def _abort(resp: Any) -> None:
         pass
 
 
-class _Throttle:
-    """Log a recurring trouble at most once per ``period`` seconds, with the count."""
-
-    def __init__(self, logger: logging.Logger, period: float) -> None:
-        self._logger = logger
-        self._period = period
-        self._last = -1e18
-        self._suppressed = 0
-
-    def log(self, level: int, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last >= self._period:
-            extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
-            self._logger.log(level, msg + extra, *args)
-            self._last = now
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
-
-
 # -- the source -----------------------------------------------------------------------------
 
 
@@ -269,8 +250,8 @@ class KubePodSource:
         self._resp: Any = None
         self._failures = 0
         self._down_since: float | None = None
-        self._trouble = _Throttle(_logger, 60.0)  # unreachable, failing
-        self._refused = _Throttle(_logger, 60.0)  # 401/403: a different trouble, reported on its own
+        self._trouble = RateLimited(_logger, 60.0)  # unreachable, failing
+        self._refused = RateLimited(_logger, 60.0)  # 401/403: a different trouble, reported on its own
 
     # -- PodSource --------------------------------------------------------------------------
 

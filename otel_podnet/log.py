@@ -41,12 +41,15 @@ class RateLimited:
         self._last = -1e18
         self._suppressed = 0
 
-    def warning(self, msg: str, *args: object) -> None:
+    def log(self, level: int, msg: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last >= self._period:
             extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
-            self._logger.warning(msg + extra, *args)
+            self._logger.log(level, msg + extra, *args)
             self._last = now
             self._suppressed = 0
         else:
             self._suppressed += 1
+
+    def warning(self, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, msg, *args)
