@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from logging import getLogger
 from pathlib import Path
 
@@ -88,7 +89,7 @@ class Core:
             del self._last_known[uid]  # gone without counters: nothing left to report
         self._view = view
         health = self.attributor.health(len(pods))
-        health = type(health)(**{**health.__dict__, "collection_seconds": time.perf_counter() - t0})
+        health = replace(health, collection_seconds=time.perf_counter() - t0)
         return Snapshot(tuple(samples), health)
 
     def close(self) -> None:

@@ -53,6 +53,7 @@ class Datapath:
         self.config = config
         self._obj: BpfObject | None = None
         self._ncpus = num_possible_cpus()
+        self._per_cpu = (abi.PodnetCounters * self._ncpus)()  # reused by read_slot
         self._links: list[Link] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -118,14 +119,10 @@ class Datapath:
 
     def read_slot(self, slot: int) -> Counters:
         """A slot's counters summed over every CPU."""
-        per_cpu = (abi.PodnetCounters * self._ncpus)()
+        per_cpu = self._per_cpu
         if not self.stats.lookup(ctypes.c_uint32(slot), per_cpu):
             return Counters()
-        sums = [0] * len(abi.COUNTER_FIELDS)
-        for cpu in per_cpu:
-            for i, v in enumerate(cpu):
-                sums[i] += v
-        return Counters.from_values(sums)
+        return Counters.from_values(sum(col) for col in zip(*per_cpu, strict=True))
 
     def zero_slot(self, slot: int) -> None:
         self.stats.update(ctypes.c_uint32(slot), (abi.PodnetCounters * self._ncpus)())

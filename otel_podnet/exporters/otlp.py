@@ -240,11 +240,12 @@ class OtlpExporter:
         values: dict[SeriesKey, float],
     ) -> list[Metric]:
         out = []
+        by_metric: dict[str, list[tuple[Attrs, Any]]] = {}
+        for md, attrs, value in points:
+            by_metric.setdefault(md.name, []).append((attrs, value))
         for d in defs:
             dps = []
-            for md, attrs, value in points:
-                if md is not d:
-                    continue
+            for attrs, value in by_metric.get(d.name, ()):
                 key: SeriesKey = (owner, d.name, attrs)
                 values[key] = value
                 start = self._start_ns

@@ -66,8 +66,11 @@ class _SnapshotCollector(Collector):
             else:
                 res = pod_attributes(s.uid, pods.get(s.uid), self._node, self._extra)
                 rows += [(d, _labels(res, a), v) for d, a, v in pod_series(s.counters)]
+        by_metric: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for md, labels, v in rows:
+            by_metric.setdefault(md.name, []).append((labels, v))
         for d in (*POD_METRICS, *HEALTH_METRICS):
-            mine = [(labels, v) for md, labels, v in rows if md is d]
+            mine = by_metric.get(d.name)
             if not mine:
                 continue
             fam: Any

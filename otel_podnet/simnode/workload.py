@@ -29,12 +29,18 @@ def _recv_exact(conn: socket.socket, n: int) -> int:
     return got
 
 
-def tcp_server(a: argparse.Namespace) -> dict[str, int]:
+def _listen(a: argparse.Namespace) -> socket.socket:
+    """A listening TCP socket on --addr/--port; says ``ready`` once it listens."""
     srv = socket.socket(_family(a.addr), socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((a.addr, a.port))
     srv.listen(4096)
     print("ready", flush=True)
+    return srv
+
+
+def tcp_server(a: argparse.Namespace) -> dict[str, int]:
+    srv = _listen(a)
     totals = {"accepted": 0, "received": 0, "sent": 0}
     lock = threading.Lock()
     threads = []
@@ -148,11 +154,7 @@ def hold(a: argparse.Namespace) -> dict[str, int]:
 
 
 def echo_server(a: argparse.Namespace) -> dict[str, int]:
-    srv = socket.socket(_family(a.addr), socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((a.addr, a.port))
-    srv.listen(1024)
-    print("ready", flush=True)
+    srv = _listen(a)
     threads = []
 
     def serve(conn: socket.socket) -> None:
