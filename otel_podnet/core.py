@@ -33,11 +33,14 @@ class Core:
         source: PodSource,
         object_path: Path | None = None,
         proc: Path = Path("/proc"),
+        interval: float = 10.0,
     ) -> None:
         self.cgroup_root = cgroup_root
         self.source = source
         self.datapath = Datapath(
-            DatapathConfig(cgroup_root, object_path or default_object_path(), ephemeral_port_range(proc))
+            DatapathConfig(
+                cgroup_root, object_path or default_object_path(), ephemeral_port_range(proc), rtt_interval=interval
+            )
         )
         self.index = CgroupIndex(cgroup_root)
         self.attributor = Attributor(self.datapath, self.index)

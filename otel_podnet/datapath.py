@@ -35,6 +35,7 @@ class DatapathConfig:
     cgroup_root: Path
     object_path: Path
     ephemeral_ports: tuple[int, int] = (32768, 60999)
+    rtt_interval: float = 10.0  # seconds: at most one RTT sample per connection per interval
 
 
 def ip_key(address: str) -> abi.PodnetIpKey:
@@ -65,6 +66,7 @@ class Datapath:
                 ephemeral_lo=self.config.ephemeral_ports[0], ephemeral_hi=self.config.ephemeral_ports[1]
             )
             obj.set_rodata("podnet_cfg", cfg)
+            obj.set_rodata("podnet_rtt_interval_ns", ctypes.c_uint64(int(self.config.rtt_interval * 1e9)))
             obj.load()
         except BaseException:
             obj.close()
