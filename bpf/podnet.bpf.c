@@ -257,8 +257,9 @@ static __always_inline __u32 sk_dir(const struct podnet_sock *st)
 
 /*
  * Egress of an established connection: sample its smoothed RTT when the interval is up.
- * The first packet only arms the timer (a connection shorter than an interval is sampled
- * at its close alone); a compare-and-swap keeps it to one sample per interval across CPUs.
+ * The handshake arms the timer (see latency_state); a connection older than the agent is
+ * armed by its first packet. A connection shorter than an interval is sampled at its close
+ * alone; a compare-and-swap keeps it to one sample per interval across CPUs.
  */
 static __always_inline void rtt_tick(struct __sk_buff *skb, struct bpf_sock *sk, struct podnet_sock *st,
 				     struct podnet_counters *c)
@@ -640,8 +641,13 @@ static __always_inline void latency_state(const struct sock *sk, struct podnet_s
 		return;
 	}
 	if (newstate == TCP_ESTABLISHED) {
+		__u64 now = bpf_ktime_get_ns();
+
+		/* skb->tstamp of TCP is tcp_clock_ns(), this same clock: the first periodic
+		 * RTT sample is due one interval after the handshake */
+		st->rtt_next_ns = now + podnet_rtt_interval_ns;
 		if (oldstate == TCP_SYN_SENT && st->syn_ns) {
-			hist_add(&c->connect[PODNET_OUTBOUND], bpf_ktime_get_ns() - st->syn_ns);
+			hist_add(&c->connect[PODNET_OUTBOUND], now - st->syn_ns);
 			st->syn_ns = 0;
 		} else if (oldstate == TCP_SYN_RECV) {
 			srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;

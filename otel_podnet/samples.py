@@ -89,7 +89,7 @@ class Counters:
         """From struct podnet_counters' words in order (the histograms may be absent)."""
         v = tuple(values)
         n = len(COUNTER_FIELDS)
-        return cls(*v[:n], hist=v[n:] or HIST_ZERO)  # type: ignore[arg-type]
+        return cls(*v[:n], hist=v[n:] or HIST_ZERO)  # type: ignore[arg-type, misc]
 
     def values(self) -> tuple[int, ...]:
         return tuple(getattr(self, f) for f in COUNTER_FIELDS) + self.hist
