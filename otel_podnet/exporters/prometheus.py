@@ -97,7 +97,7 @@ class _SnapshotCollector(Collector):
         yield from _histogram_families(hist_rows)
 
 
-_LE = [floatToGoString(b) for b in HIST_BOUNDS_S] + ["+Inf"]
+_LE = [floatToGoString(b) for b in HIST_BOUNDS_S] + ["+Inf"]  # type: ignore[no-untyped-call]
 
 
 def _histogram_families(rows: list[tuple[MetricDef, dict[str, str], Histogram]]) -> Iterator[Metric]:
