@@ -23,8 +23,9 @@
  * - The programs never drop: cgroup_skb always returns 1.
  * - Latency (connect duration, RTT) is kept as log2 histograms of microseconds in the same
  *   per-CPU slot rows, with an exact sum beside the buckets. Outbound connect duration is
- *   SYN_SENT (a bpf_ktime_get_ns() stamp in socket storage, the tracepoint's one extra run
- *   per connection) to ESTABLISHED: exact, and it includes SYN retransmissions. Inbound, the
+ *   from the first SYN's departure (its skb->tstamp, stamped into socket storage by the
+ *   egress program, which holds that storage anyway) to ESTABLISHED: exact, SYN
+ *   retransmissions included, and no extra tracepoint run per connection. Inbound, the
  *   child socket never sees the SYN (it is created when the handshake's ACK arrives, and
  *   the request sock that saw the SYN is unreachable from it), so the kernel's own sample is
  *   taken: tcp_check_req() sets the child's srtt_us from the first SYN-ACK's send time to
@@ -276,6 +277,21 @@ static __always_inline void rtt_tick(struct __sk_buff *skb, struct bpf_sock *sk,
 		hist_add(&c->rtt[sk_dir(st)], (__u64)(tp->srtt_us >> 3) * 1000);
 }
 
+/*
+ * Egress, TCP (issue 11): the first SYN of a connect stamps the socket (every packet a
+ * SYN_SENT socket sends is its SYN or a retransmission of it), then the RTT tick.
+ */
+static __always_inline void latency_egress(struct __sk_buff *skb, struct bpf_sock *sk, struct podnet_sock *st,
+					   struct podnet_counters *c, __u32 state)
+{
+	if (state == BPF_TCP_SYN_SENT) {
+		if (!st->syn_ns)
+			st->syn_ns = skb->tstamp ? skb->tstamp : bpf_ktime_get_ns();
+	} else if (st->flags & PODNET_SK_ESTABLISHED) {
+		rtt_tick(skb, sk, st, c);
+	}
+}
+
 /* ---- cgroup_skb: bytes and packets ---------------------------------------------------- */
 
 struct pkt_info {
@@ -507,8 +523,8 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 	count_wire(c, skb, &pi, io);
 	if (pi.transport != PODNET_TCP || !pi.l4_ok)
 		return SK_PASS;
-	if (io == PODNET_TX && (st->flags & PODNET_SK_ESTABLISHED))
-		rtt_tick(skb, sk, st, c);	/* latency (issue 11) */
+	if (io == PODNET_TX)
+		latency_egress(skb, sk, st, c, state);	/* latency (issue 11) */
 	if (io == PODNET_TX) {
 		__u32 len = skb->len - pi.hdr_len, fresh;
 
@@ -627,26 +643,27 @@ static __always_inline __u32 fail_reason(int err)
 }
 
 /*
- * Latency at a state change (issue 11): stamp the SYN, sample the connect duration at
- * ESTABLISHED and the RTT of a counted connection that leaves ESTABLISHED. Runs before
- * the connection accounting below, which clears the flags read here.
+ * Latency at a state change (issue 11): the connect duration at ESTABLISHED (outbound
+ * from the SYN's stamp, see latency_egress), the RTT of a counted connection that leaves
+ * ESTABLISHED. Runs before the connection accounting below, which clears the flags read
+ * here.
  */
 static __always_inline void latency_state(const struct sock *sk, struct podnet_sock *st,
 					  struct podnet_counters *c, int oldstate, int newstate)
 {
 	__u64 srtt;
 
-	if (newstate == TCP_SYN_SENT) {
-		st->syn_ns = bpf_ktime_get_ns();
+	if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE) {
+		st->syn_ns = 0;	/* a failed attempt: not a connect duration */
 		return;
 	}
 	if (newstate == TCP_ESTABLISHED) {
 		__u64 now = bpf_ktime_get_ns();
 
-		/* skb->tstamp of TCP is tcp_clock_ns(), this same clock: the first periodic
-		 * RTT sample is due one interval after the handshake */
+		/* skb->tstamp of TCP is tcp_clock_ns(), this same clock (CLOCK_MONOTONIC): the
+		 * first periodic RTT sample is due one interval after the handshake */
 		st->rtt_next_ns = now + podnet_rtt_interval_ns;
-		if (oldstate == TCP_SYN_SENT && st->syn_ns) {
+		if (oldstate == TCP_SYN_SENT && st->syn_ns && now > st->syn_ns) {
 			hist_add(&c->connect[PODNET_OUTBOUND], now - st->syn_ns);
 			st->syn_ns = 0;
 		} else if (oldstate == TCP_SYN_RECV) {
@@ -671,8 +688,7 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 	__u32 old;
 
 	/* Early exit for the transitions we do not count (or read rcv_nxt at: the close). */
-	if (newstate != TCP_ESTABLISHED && oldstate != TCP_ESTABLISHED && newstate != TCP_CLOSE &&
-	    newstate != TCP_SYN_SENT)
+	if (newstate != TCP_ESTABLISHED && oldstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
 		return 0;
 	if (podnet_sk_protocol(sk) != IPPROTO_TCP)
 		return 0;
@@ -680,11 +696,7 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 	if (!c)
 		return 0;
 
-	/* ---- latency (issue 11) ---- */
-	latency_state(sk, st, c, oldstate, newstate);
-	if (newstate == TCP_SYN_SENT)
-		return 0;
-	/* ---- end latency ---- */
+	latency_state(sk, st, c, oldstate, newstate);	/* latency (issue 11) */
 
 	/* The last received bytes, when no packet of ours follows them (a close). */
 	if (rcv_nxt_valid(oldstate) || newstate == TCP_ESTABLISHED) {

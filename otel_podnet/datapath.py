@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -55,6 +56,8 @@ class Datapath:
         self._obj: BpfObject | None = None
         self._ncpus = num_possible_cpus()
         self._per_cpu = (abi.PodnetCounters * self._ncpus)()  # reused by read_slot
+        self._words = len(abi.PodnetCounters())
+        self._unpack = struct.Struct(f"={self._words * self._ncpus}Q")
         self._links: list[Link] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -124,7 +127,11 @@ class Datapath:
         per_cpu = self._per_cpu
         if not self.stats.lookup(ctypes.c_uint32(slot), per_cpu):
             return Counters()
-        return Counters.from_values(sum(col) for col in zip(*per_cpu, strict=True))
+        # one unpack of the whole buffer, then a column sum: several times faster than
+        # indexing ctypes arrays, which matters now that a row carries the histograms
+        flat, n = self._unpack.unpack_from(per_cpu), self._words
+        rows = [flat[i : i + n] for i in range(0, len(flat), n)]
+        return Counters.from_values(map(sum, zip(*rows, strict=True)))
 
     def zero_slot(self, slot: int) -> None:
         self.stats.update(ctypes.c_uint32(slot), (abi.PodnetCounters * self._ncpus)())

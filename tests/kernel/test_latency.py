@@ -64,6 +64,10 @@ def test_outbound_connects_to_a_delayed_server(node: SimNode, start_agent: Calla
     n = 20
     connects(node, slow_cli, slow, 5100, n)
     connects(node, fast_cli, fast, 5101, n)
+    # failed attempts are not connect durations (they are podnet.tcp.connections.failed)
+    assert node.result(node.workload(fast_cli, "connect-fail", addr=fast.ip4, port=5999, count=5)) == {
+        "ECONNREFUSED": 5
+    }
     stop_relay(relay)
 
     c = agent.settle(slow_cli, lambda c: c.closed_out == n and c.rtt_out.count == n)
@@ -83,7 +87,7 @@ def test_outbound_connects_to_a_delayed_server(node: SimNode, start_agent: Calla
     # No delay: a veth round trip, tens of microseconds. Every connect is far below the
     # 20 ms bucket and the median is sub-millisecond; not every one, because on this shared
     # 2-core machine a softirq can wait a millisecond or more for a CPU.
-    f = agent.settle(fast_cli, lambda c: c.closed_out == n and c.rtt_out.count == n)
+    f = agent.settle(fast_cli, lambda c: c.closed_out == n and c.rtt_out.count == n and c.failed_refused == 5)
     assert f.connect_out.count == n
     assert sum(f.connect_out.buckets[: B20MS - 2]) == n  # all below 4.096 ms
     assert sum(f.connect_out.buckets[:SUB_MS]) > n // 2  # the median is sub-millisecond
