@@ -10,9 +10,11 @@ from logging import getLogger
 from pathlib import Path
 
 from .attribution import Attributor
+from .capacity import Capacity
 from .cgroups import CgroupIndex
 from .datapath import Datapath, DatapathConfig, default_object_path
 from .inventory import PodInfo, PodSource
+from .log import RateLimited
 from .samples import Snapshot
 
 _logger = getLogger(__name__)
@@ -33,20 +35,24 @@ class Core:
         source: PodSource,
         object_path: Path | None = None,
         proc: Path = Path("/proc"),
+        capacity: Capacity | None = None,
     ) -> None:
         self.cgroup_root = cgroup_root
         self.source = source
+        capacity = capacity or Capacity.for_pods()
         self.datapath = Datapath(
-            DatapathConfig(cgroup_root, object_path or default_object_path(), ephemeral_port_range(proc))
+            DatapathConfig(cgroup_root, object_path or default_object_path(), ephemeral_port_range(proc), capacity)
         )
         self.index = CgroupIndex(cgroup_root)
-        self.attributor = Attributor(self.datapath, self.index)
+        self.attributor = Attributor(self.datapath, self.index, capacity=capacity)
         self._started = False
         # The pods of the last snapshot, with the last known record of those that have
         # left the inventory but are still reported (their final figures): their Resource
         # keeps its name and workload to the end.
         self._view: dict[str, PodInfo] = {}
         self._last_known: dict[str, PodInfo] = {}
+        self.collection_failures = 0
+        self._failure_log = RateLimited(_logger, 60.0)
 
     def start(self) -> None:
         """Load, register what exists, then attach (see Attributor.start for why)."""
@@ -66,10 +72,20 @@ class Core:
         """The pods of the last collection (see ``_view``)."""
         return self._view if self._view else self.source.pods()
 
+    def failed(self, what: str, exc: Exception) -> None:
+        """A failure after start (a map operation refused, a pod source that raised) never
+        ends the agent: the kernel keeps counting and the next collection tries again. It is
+        counted (``podnet.agent.collection.failures``) and logged at most once a minute."""
+        self.collection_failures += 1
+        self._failure_log.warning("%s failed; the agent goes on: %s: %s", what, type(exc).__name__, exc)
+
     def resync(self) -> None:
         """Bring the kernel's maps in line with the pod source now (between collections)."""
-        self.source.refresh()
-        self.attributor.sync(self.source.pods())
+        try:
+            self.source.refresh()
+            self.attributor.sync(self.source.pods())
+        except Exception as exc:
+            self.failed("updating the kernel's maps", exc)
 
     def collect(self) -> Snapshot:
         t0 = time.perf_counter()
@@ -89,7 +105,9 @@ class Core:
             del self._last_known[uid]  # gone without counters: nothing left to report
         self._view = view
         health = self.attributor.health(len(pods))
-        health = replace(health, collection_seconds=time.perf_counter() - t0)
+        health = replace(
+            health, collection_seconds=time.perf_counter() - t0, collection_failures=self.collection_failures
+        )
         return Snapshot(tuple(samples), health)
 
     def close(self) -> None:

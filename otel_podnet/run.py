@@ -6,6 +6,7 @@ import sys
 from logging import getLogger
 
 from .agent import Agent
+from .capacity import Capacity
 from .cgroups import CgroupError, find_cgroup2_mount
 from .core import Core
 from .exporters import Exporter
@@ -48,7 +49,7 @@ def run(settings: Settings) -> int:
     except (CgroupError, NotReady) as exc:
         print(f"otel-podnet: {exc}", file=sys.stderr)
         return 3
-    core = Core(cgroup_root, source)
+    core = Core(cgroup_root, source, capacity=Capacity.for_pods(settings.max_pods))
     health = HealthState(settings.interval)
     health_server = None
     if settings.health_address is not None:
