@@ -13,7 +13,7 @@ from pathlib import Path
 from . import abi, libbpf
 from .capacity import Capacity
 from .cgroups import CgroupError, find_cgroup2_mount
-from .datapath import Datapath, DatapathConfig, default_object_path
+from .datapath import AbiMismatch, Datapath, DatapathConfig, default_object_path
 from .settings import ConfigError, parse_max_pods
 
 MIN_KERNEL = (5, 11)
@@ -118,6 +118,7 @@ def _hooks(cgroup_root: Path | None, obj: Path, capacity: Capacity) -> list[Chec
     dp = Datapath(DatapathConfig(cgroup_root, obj, capacity=capacity))
     try:
         dp.open_and_load()
+        out.append(CheckResult("abi", True, "every map and global matches otel_podnet/abi.py"))
         out.append(CheckResult("verifier", True, "all 6 programs load"))
         dp.attach()
         out.append(
@@ -128,6 +129,8 @@ def _hooks(cgroup_root: Path | None, obj: Path, capacity: Capacity) -> list[Chec
                 "tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset",
             )
         )
+    except AbiMismatch as exc:
+        out.append(CheckResult("abi", False, exc.strerror or str(exc), "reinstall the package (pip install .)"))
     except OSError as exc:
         what = "hooks" if dp.loaded else "verifier"
         out.append(

@@ -9,6 +9,7 @@ from .agent import Agent
 from .capacity import Capacity
 from .cgroups import CgroupError, find_cgroup2_mount
 from .core import Core
+from .datapath import AbiMismatch
 from .exporters import Exporter
 from .health import HealthServer, HealthState
 from .inventory import InventoryError, NoPods, PodsFileSource, PodSource
@@ -62,6 +63,9 @@ def run(settings: Settings) -> int:
     agent.install_signal_handlers()
     try:
         return agent.run()
+    except AbiMismatch as exc:  # not the environment: this object was not built with this agent
+        print(f"otel-podnet: {exc.strerror}", file=sys.stderr)
+        return 3
     except LibbpfError as exc:
         from .check import run_checks
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from otel_podnet import abi
+from otel_podnet.cli import main
 from otel_podnet.datapath import AbiMismatch, check_abi
 from otel_podnet.libbpf import BpfObject
 
@@ -84,4 +85,25 @@ def test_a_changed_header_is_refused_in_one_line(tmp_path: Path) -> None:
     assert msg == (
         f"[Errno 71] {changed} does not match this agent's otel_podnet/abi.py "
         "(podnet_cgroups value 16 bytes, abi.py 8 (PodnetCgroup)): rebuild the object and the package together"
+    )
+
+
+CHANGED = ("struct podnet_ip_val {\n\t__u32 slot;\n\t__u32 pad;\n", "struct podnet_ip_val {\n\t__u32 slot;\n")
+
+
+def test_run_refuses_a_mismatched_object_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changed = build(tmp_path, CHANGED)
+    pods = tmp_path / "pods.yaml"
+    pods.write_text("apiVersion: v1\nkind: PodList\nitems: []\n")
+    (tmp_path / "cg").mkdir()
+    monkeypatch.setenv("PODNET_BPF_OBJECT", str(changed))
+    argv = ["run", "--pods-file", str(pods), "--cgroup-root", str(tmp_path / "cg"), "--exporter", "none"]
+    argv += ["--log-level", "warning"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert err == (
+        f"otel-podnet: {changed} does not match this agent's otel_podnet/abi.py "
+        "(podnet_pod_ips value 4 bytes, abi.py 8 (PodnetIpVal)): rebuild the object and the package together\n"
     )
