@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,24 +100,26 @@ def test_slots_exhausted_then_each_pod_gets_its_own(small_node: SimNode, own_roo
         assert conn(agent.counters(a)) == (0, 10, 10_000, 100_000)
         # one batched read of the table gives what one lookup per slot gives
         dp = agent.core.datapath
-        slots = list(range(7))
+        slots = [s for s, owner in agent.core.attributor._slot_owner.items() if owner in (a.uid, d.uid, e.uid)]
+        assert len(slots) == 2 + 2 + 1  # a's and d's cgroups and IPs, e's IP; quiet now
         assert dp.read_slots(slots) == {s: dp.read_slot(s) for s in slots}
     finally:
         agent.core.close()
 
 
 def test_pod_ip_map_full_counted_once_and_retried(small_node: SimNode, own_root: Path, tmp_path: Path) -> None:
-    """Two pod IPs fit; the third pod's is refused (counted once, however many rounds) and
+    """Three pod IPs fit; the fourth pod's is refused (counted once, however many rounds) and
     its traffic is the node's; once a pod leaves, its IP goes in and it counts exactly."""
     node = small_node
-    pods = [node.add_pod(f"p{i}", in_pod_cgroup=False) for i in range(3)]  # known by their IPs only
-    server = node.add_pod("server", host_network=True)  # its own cgroup; no pod IP
-    agent = start(node, own_root, tmp_path, Capacity(slots=64, cgroups=4096, pod_ips=2))
+    uids = sorted(str(uuid.uuid4()) for _ in range(4))  # the IPs go in by UID: the last is refused
+    server = node.add_pod("server", uid=uids[0])  # counted by its cgroup, IP or none
+    pods = [node.add_pod(f"p{i}", in_pod_cgroup=False, uid=uids[i + 1]) for i in range(3)]  # by IP only
+    refused = pods[-1]
+    agent = start(node, own_root, tmp_path, Capacity(slots=64, cgroups=4096, pod_ips=3))
     try:
-        refused = max(pods, key=lambda p: p.uid)  # the IPs go in by UID: the last is refused
         for _ in range(3):
             h = agent.core.collect().health
-        assert (h.pod_ips_tracked, h.pod_ips_capacity, h.pod_ips_refused) == (2, 2, 1)
+        assert (h.pod_ips_tracked, h.pod_ips_capacity, h.pod_ips_refused) == (3, 3, 1)
         exchange(node, refused, server, 5210, n=3)
         agent.settle(server, lambda c: c.closed_in == 3)
         assert agent.counters(refused) == Counters()  # the node's
@@ -125,7 +128,7 @@ def test_pod_ip_map_full_counted_once_and_retried(small_node: SimNode, own_root:
         agent.publish()
         for _ in range(3):
             h = agent.core.collect().health
-        assert (h.pod_ips_tracked, h.pod_ips_refused) == (2, 1)  # reported once, not once a round
+        assert (h.pod_ips_tracked, h.pod_ips_refused) == (3, 1)  # reported once, not once a round
         exchange(node, refused, server, 5211, n=2)
         cr = agent.settle(refused, lambda c: c.closed_out == 2)
         assert conn(cr) == (2, 0, 20_000, 2_000)
