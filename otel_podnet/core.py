@@ -15,7 +15,7 @@ from .cgroups import CgroupIndex
 from .datapath import Datapath, DatapathConfig, default_object_path
 from .inventory import PodInfo, PodSource
 from .log import RateLimited
-from .samples import Snapshot
+from .samples import Health, Snapshot
 
 _logger = getLogger(__name__)
 
@@ -53,6 +53,8 @@ class Core:
         self._last_known: dict[str, PodInfo] = {}
         self.collection_failures = 0
         self._failure_log = RateLimited(_logger, 60.0)
+        self._kernel_lost = (0, 0, 0)  # the kernel's slots_exhausted, cgroups_full, no_storage
+        self._limits_logged_at = -1e18
 
     def start(self) -> None:
         """Load, register what exists, then attach (see Attributor.start for why)."""
@@ -108,7 +110,27 @@ class Core:
         health = replace(
             health, collection_seconds=time.perf_counter() - t0, collection_failures=self.collection_failures
         )
+        self._log_kernel_limits(health)
         return Snapshot(tuple(samples), health)
+
+    def _log_kernel_limits(self, h: Health) -> None:
+        """The limits the kernel met, in the log as well as in podnet.agent.events.lost:
+        events it attributed to the node for want of room, summed since the last line (at
+        most one a minute)."""
+        now = (h.slots_exhausted, h.cgroups_full, h.no_storage)
+        if now == self._kernel_lost or time.monotonic() - self._limits_logged_at < 60.0:
+            return
+        new = [b - a for a, b in zip(self._kernel_lost, now, strict=True)]
+        self._kernel_lost, self._limits_logged_at = now, time.monotonic()
+        _logger.warning(
+            "the kernel counted events as the node's: %d for want of a free slot (%d slots), %d with "
+            "podnet_cgroups full (%d entries), %d without socket storage (memory)",
+            new[0],
+            h.slots_capacity,
+            new[1],
+            h.cgroups_capacity,
+            new[2],
+        )
 
     def close(self) -> None:
         self.datapath.close()

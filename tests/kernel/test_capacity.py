@@ -140,17 +140,30 @@ def test_pod_ip_map_full_counted_once_and_retried(small_node: SimNode, own_root:
 def test_cgroup_map_full_counted_and_logged(
     small_node: SimNode, own_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """One cgroup too many at start: the agent counts the one it could not register; a pod
+    that comes later finds no room in the kernel either, and its traffic is the node's."""
     node = small_node
-    node.add_pod("a")
+    a = node.add_pod("a")
     node.add_pod("b")
     existing = len(CgroupIndex(own_root).walk_all())
-    caplog.set_level(logging.WARNING, "otel_podnet.attribution")
+    caplog.set_level(logging.WARNING, "otel_podnet")
     agent = start(node, own_root, tmp_path, Capacity(slots=64, cgroups=existing - 1, pod_ips=64))
     try:
         h = agent.core.collect().health
         assert (h.cgroups_refused, h.cgroups_capacity) == (1, existing - 1)
         full = [r.getMessage() for r in caplog.records if "podnet_cgroups is full" in r.getMessage()]
         assert len(full) == 1 and full[0].startswith(f"podnet_cgroups is full ({existing - 1} entries)")
+        late = node.add_pod("late", in_pod_cgroup=True)
+        agent.publish()
+        exchange(node, late, a, 5230, n=2)
+        snap = agent.core.collect()
+        assert {s.uid: s.counters for s in snap.samples}[late.uid] == Counters()
+        assert snap.health.cgroups_refused == 1  # the kernel's own misses are its counter's
+        kernel = [r.getMessage() for r in caplog.records if "the kernel counted events" in r.getMessage()]
+        assert len(kernel) == 1 and f"with podnet_cgroups full ({existing - 1} entries)" in kernel[0]
+        # once per socket resolved (its two client sockets); the tracepoints see every socket
+        # of the machine, so other work's new cgroups may add to it
+        assert snap.health.cgroups_full >= 2
     finally:
         agent.core.close()
 
