@@ -127,6 +127,14 @@ class Datapath:
         self.bss = obj.map(".bss")
         self._gen_offset = obj.section_var_offset(".bss", "podnet_gen")[0]
         self._gen = 0
+        _logger.info(
+            "kernel tables: %d slots (%.1f MiB of counters on %d possible CPUs), %d cgroups, %d pod IPs",
+            cap.slots,
+            cap.stats_bytes(self._ncpus, ctypes.sizeof(abi.PodnetCounters)) / 2**20,
+            self._ncpus,
+            cap.cgroups,
+            cap.pod_ips,
+        )
 
     def attach(self) -> None:
         """Tracepoints first, so every connection that opens from now on is seen opening;
