@@ -59,7 +59,6 @@ def test_every_map_of_the_object_matches_abi(built: Path) -> None:
         # today's layout, spelled out: a change to podnet.h shows up here too
         assert obj.map_layout("podnet_cgroups")[:2] == (8, 8)
         assert obj.map_layout("podnet_pod_ips")[:2] == (16, 8)
-        assert obj.map_layout("podnet_stats")[:2] == (4, 8 * len(abi.COUNTER_FIELDS))
         assert obj.map_layout("podnet_health") == (4, 8, abi.NHEALTH)
         for section, variables in abi.VARS.items():
             for var, ctype in variables.items():
