@@ -8,7 +8,11 @@
 #ifndef __PODNET_H
 #define __PODNET_H
 
-/* Counting slots. A slot is a row of per-CPU counters; the agent maps slots to pods. */
+/*
+ * Counting slots. A slot is a row of per-CPU counters; the agent maps slots to pods. The
+ * sizes below are what the object is compiled with; the agent resizes the maps for the node
+ * before load (otel_podnet/capacity.py) and sets podnet_max_slots to match.
+ */
 #define PODNET_MAX_SLOTS	4096
 #define PODNET_SLOT_NODE	0	/* traffic of no pod, and overflow when slots run out */
 #define PODNET_MAX_CGROUPS	65536
