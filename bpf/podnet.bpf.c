@@ -78,6 +78,9 @@ const volatile struct podnet_config podnet_cfg = {
 	.ephemeral_hi = 60999,
 };
 
+/* Rows of podnet_stats: the agent resizes the maps for the node before load and sets this. */
+const volatile __u32 podnet_max_slots = PODNET_MAX_SLOTS;
+
 /* Bumped by the agent after it changes podnet_cgroups or podnet_pod_ips. */
 volatile __u32 podnet_gen;
 
@@ -191,7 +194,7 @@ static __always_inline __u32 resolve(struct podnet_sock *st, __u64 cgid,
 		if (ip)
 			slot = ip->slot;
 	}
-	if (slot >= PODNET_MAX_SLOTS)
+	if (slot >= podnet_max_slots)
 		slot = PODNET_SLOT_NODE;
 	st->slot = slot;
 	st->gen = gen;

@@ -8,7 +8,11 @@
 #ifndef __PODNET_H
 #define __PODNET_H
 
-/* Counting slots. A slot is a row of per-CPU counters; the agent maps slots to pods. */
+/*
+ * Counting slots. A slot is a row of per-CPU counters; the agent maps slots to pods. The
+ * sizes below are what the object is compiled with; the agent resizes the maps for the node
+ * before load (otel_podnet/capacity.py) and sets podnet_max_slots to match.
+ */
 #define PODNET_MAX_SLOTS	4096
 #define PODNET_SLOT_NODE	0	/* traffic of no pod, and overflow when slots run out */
 #define PODNET_MAX_CGROUPS	65536
@@ -103,7 +107,7 @@ struct podnet_sock {
 	 */
 	__u64 seq_hw[2];
 	/* latency (issue 11) */
-	__u64 syn_ns;		/* outbound: bpf_ktime_get_ns() when it entered SYN_SENT */
+	__u64 syn_ns;		/* outbound: when its first SYN left (skb->tstamp) */
 	__u64 rtt_next_ns;	/* the next periodic RTT sample is due (skb->tstamp clock) */
 };
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
+# The sizes the object is compiled with; the agent resizes the maps at load (capacity.py).
 MAX_SLOTS = 4096
 SLOT_NODE = 0
 MAX_CGROUPS = 65536
@@ -58,3 +60,28 @@ class PodnetIpVal(ctypes.Structure):
 
 class PodnetConfig(ctypes.Structure):
     _fields_ = [("ephemeral_lo", ctypes.c_uint16), ("ephemeral_hi", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
+
+
+# Every map the agent reads or writes, with the ctypes key and value it uses for it: compared
+# with the object's own sizes at open (datapath.check_abi), so that a podnet.h changed without
+# this file refuses to run instead of reading garbage. None: a side the agent never touches
+# (a queue has no key; socket storage values are the kernel's business; .bss and .rodata
+# are checked per variable below).
+MAPS: dict[str, tuple[type[Any] | None, type[Any] | None]] = {
+    "podnet_stats": (ctypes.c_uint32, PodnetCounters),
+    "podnet_freeslot": (None, ctypes.c_uint32),
+    "podnet_cgroups": (ctypes.c_uint64, PodnetCgroup),
+    "podnet_pod_ips": (PodnetIpKey, PodnetIpVal),
+    "podnet_socks": (ctypes.c_int, None),
+    "podnet_health": (ctypes.c_uint32, ctypes.c_uint64),
+}
+
+# Global variables the agent writes, by data section: their BTF sizes are checked too.
+VARS: dict[str, dict[str, type[Any]]] = {
+    ".bss": {"podnet_gen": ctypes.c_uint32},
+    ".rodata": {
+        "podnet_cfg": PodnetConfig,
+        "podnet_max_slots": ctypes.c_uint32,
+        "podnet_rtt_interval_ns": ctypes.c_uint64,
+    },
+}

@@ -36,7 +36,12 @@ class Agent:
         signal.signal(signal.SIGINT, _stop)
 
     def collect_and_export(self) -> None:
-        snapshot = self.core.collect()
+        try:
+            snapshot = self.core.collect()
+        except Exception as exc:  # after start nothing ends the agent (see Core.failed)
+            self.core.failed("a collection", exc)
+            self.health.collected()  # the loop turns; the failure is in the health metric
+            return
         self.health.collected()
         pods = self.core.pods
         for exporter in self.exporters:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import re
@@ -9,9 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import libbpf
+from . import abi, libbpf
+from .capacity import Capacity
 from .cgroups import CgroupError, find_cgroup2_mount
-from .datapath import Datapath, DatapathConfig, default_object_path
+from .datapath import AbiMismatch, Datapath, DatapathConfig, default_object_path
+from .settings import ConfigError, parse_max_pods
 
 MIN_KERNEL = (5, 11)
 
@@ -86,7 +89,23 @@ def _tracefs() -> CheckResult:
     return CheckResult("tracefs", True, "not needed: tracepoints attach as BTF raw tracepoints (tp_btf)")
 
 
-def _hooks(cgroup_root: Path | None, obj: Path) -> list[CheckResult]:
+def _limits(max_pods: int) -> CheckResult:
+    """The kernel tables' sizes for this node, and what podnet_stats costs on its CPUs."""
+    cap = Capacity.for_pods(max_pods)
+    try:
+        cpus = libbpf.num_possible_cpus()
+    except OSError as exc:
+        return CheckResult("limits", False, str(exc), "apt-get install libbpf1")
+    mib = cap.stats_bytes(cpus, ctypes.sizeof(abi.PodnetCounters)) / 2**20
+    return CheckResult(
+        "limits",
+        True,
+        f"sized for {max_pods} pods: {cap.slots} slots ({mib:.1f} MiB on {cpus} possible CPUs), "
+        f"{cap.cgroups} cgroups, {cap.pod_ips} pod IPs",
+    )
+
+
+def _hooks(cgroup_root: Path | None, obj: Path, capacity: Capacity) -> list[CheckResult]:
     if not obj.is_file():
         return [
             CheckResult(
@@ -96,9 +115,10 @@ def _hooks(cgroup_root: Path | None, obj: Path) -> list[CheckResult]:
     out = [CheckResult("bpf-object", True, str(obj))]
     if cgroup_root is None:
         return [*out, CheckResult("hooks", False, "not tried: no cgroup v2", "fix the cgroup2 line first")]
-    dp = Datapath(DatapathConfig(cgroup_root, obj))
+    dp = Datapath(DatapathConfig(cgroup_root, obj, capacity=capacity))
     try:
         dp.open_and_load()
+        out.append(CheckResult("abi", True, "every map and global matches otel_podnet/abi.py"))
         out.append(CheckResult("verifier", True, "all 6 programs load"))
         dp.attach()
         out.append(
@@ -109,6 +129,8 @@ def _hooks(cgroup_root: Path | None, obj: Path) -> list[CheckResult]:
                 "tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset",
             )
         )
+    except AbiMismatch as exc:
+        out.append(CheckResult("abi", False, exc.strerror or str(exc), "reinstall the package (pip install .)"))
     except OSError as exc:
         what = "hooks" if dp.loaded else "verifier"
         out.append(
@@ -129,8 +151,15 @@ def run_checks(
 ) -> list[CheckResult]:
     cg, found = _cgroup(cgroup_root, proc)
     results = [_kernel(), _btf(sysfs), cg, _tracefs(), _caps(proc), _libbpf()]
+    try:
+        max_pods = parse_max_pods(None, os.environ)
+    except ConfigError as exc:
+        results.append(CheckResult("limits", False, str(exc), "set PODNET_MAX_PODS to the node's --max-pods"))
+        max_pods = 0
+    if max_pods and results[-1].ok:
+        results.append(_limits(max_pods))
     if all(r.ok for r in results):
-        results += _hooks(found, object_path or default_object_path())
+        results += _hooks(found, object_path or default_object_path(), Capacity.for_pods(max_pods))
     else:
         results.append(CheckResult("hooks", False, "not tried", "fix the lines above first"))
     return results

@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--health-address", help="HOST:PORT of /healthz and /readyz [PODNET_HEALTH_ADDRESS] (default: off)"
     )
+    run.add_argument(
+        "--max-pods",
+        help="the most pods this node runs: sizes the kernel's tables [PODNET_MAX_PODS] (default 110)",
+    )
     for sp in (run,):
         sp.add_argument("--log-level", default="info", help="debug, info, warning, error (default info)")
         sp.add_argument("--log-format", default="text", help="text or json (default text)")
@@ -71,6 +75,7 @@ def _settings(a: argparse.Namespace) -> Settings:
         health_address=a.health_address,
         log_level=a.log_level,
         log_format=a.log_format,
+        max_pods=a.max_pods,
     )
 
 

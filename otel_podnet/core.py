@@ -10,10 +10,12 @@ from logging import getLogger
 from pathlib import Path
 
 from .attribution import Attributor
+from .capacity import Capacity
 from .cgroups import CgroupIndex
 from .datapath import Datapath, DatapathConfig, default_object_path
 from .inventory import PodInfo, PodSource
-from .samples import Snapshot
+from .log import RateLimited
+from .samples import Health, Snapshot
 
 _logger = getLogger(__name__)
 
@@ -33,23 +35,33 @@ class Core:
         source: PodSource,
         object_path: Path | None = None,
         proc: Path = Path("/proc"),
+        capacity: Capacity | None = None,
         interval: float = 10.0,
     ) -> None:
         self.cgroup_root = cgroup_root
         self.source = source
+        capacity = capacity or Capacity.for_pods()
         self.datapath = Datapath(
             DatapathConfig(
-                cgroup_root, object_path or default_object_path(), ephemeral_port_range(proc), rtt_interval=interval
+                cgroup_root,
+                object_path or default_object_path(),
+                ephemeral_port_range(proc),
+                capacity,
+                rtt_interval=interval,
             )
         )
         self.index = CgroupIndex(cgroup_root)
-        self.attributor = Attributor(self.datapath, self.index)
+        self.attributor = Attributor(self.datapath, self.index, capacity=capacity)
         self._started = False
         # The pods of the last snapshot, with the last known record of those that have
         # left the inventory but are still reported (their final figures): their Resource
         # keeps its name and workload to the end.
         self._view: dict[str, PodInfo] = {}
         self._last_known: dict[str, PodInfo] = {}
+        self.collection_failures = 0
+        self._failure_log = RateLimited(_logger, 60.0)
+        self._kernel_lost = (0, 0, 0)  # the kernel's slots_exhausted, cgroups_full, no_storage
+        self._limits_logged_at = -1e18
 
     def start(self) -> None:
         """Load, register what exists, then attach (see Attributor.start for why)."""
@@ -69,10 +81,20 @@ class Core:
         """The pods of the last collection (see ``_view``)."""
         return self._view if self._view else self.source.pods()
 
+    def failed(self, what: str, exc: Exception) -> None:
+        """A failure after start (a map operation refused, a pod source that raised) never
+        ends the agent: the kernel keeps counting and the next collection tries again. It is
+        counted (``podnet.agent.collection.failures``) and logged at most once a minute."""
+        self.collection_failures += 1
+        self._failure_log.warning("%s failed; the agent goes on: %s: %s", what, type(exc).__name__, exc)
+
     def resync(self) -> None:
         """Bring the kernel's maps in line with the pod source now (between collections)."""
-        self.source.refresh()
-        self.attributor.sync(self.source.pods())
+        try:
+            self.source.refresh()
+            self.attributor.sync(self.source.pods())
+        except Exception as exc:
+            self.failed("updating the kernel's maps", exc)
 
     def collect(self) -> Snapshot:
         t0 = time.perf_counter()
@@ -92,8 +114,30 @@ class Core:
             del self._last_known[uid]  # gone without counters: nothing left to report
         self._view = view
         health = self.attributor.health(len(pods))
-        health = replace(health, collection_seconds=time.perf_counter() - t0)
+        health = replace(
+            health, collection_seconds=time.perf_counter() - t0, collection_failures=self.collection_failures
+        )
+        self._log_kernel_limits(health)
         return Snapshot(tuple(samples), health)
+
+    def _log_kernel_limits(self, h: Health) -> None:
+        """The limits the kernel met, in the log as well as in podnet.agent.events.lost:
+        events it attributed to the node for want of room, summed since the last line (at
+        most one a minute)."""
+        now = (h.slots_exhausted, h.cgroups_full, h.no_storage)
+        if now == self._kernel_lost or time.monotonic() - self._limits_logged_at < 60.0:
+            return
+        new = [b - a for a, b in zip(self._kernel_lost, now, strict=True)]
+        self._kernel_lost, self._limits_logged_at = now, time.monotonic()
+        _logger.warning(
+            "the kernel counted events as the node's: %d for want of a free slot (%d slots), %d with "
+            "podnet_cgroups full (%d entries), %d without socket storage (memory)",
+            new[0],
+            h.slots_capacity,
+            new[1],
+            h.cgroups_capacity,
+            new[2],
+        )
 
     def close(self) -> None:
         self.datapath.close()

@@ -4,16 +4,18 @@ its maps. Everything here goes through otel_podnet.libbpf."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import ipaddress
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from logging import getLogger
 from pathlib import Path
 
 from . import abi
+from .capacity import DEFAULT_CAPACITY, Capacity
 from .libbpf import BPF_NOEXIST, BpfObject, LibbpfError, Link, num_possible_cpus
 from .samples import Counters
 
@@ -36,7 +38,44 @@ class DatapathConfig:
     cgroup_root: Path
     object_path: Path
     ephemeral_ports: tuple[int, int] = (32768, 60999)
+    capacity: Capacity = DEFAULT_CAPACITY
     rtt_interval: float = 10.0  # seconds: at most one RTT sample per connection per interval
+
+
+class AbiMismatch(LibbpfError):
+    """The BPF object's maps do not have the layout otel_podnet/abi.py mirrors."""
+
+
+def check_abi(obj: BpfObject) -> None:
+    """Compare every map and global the agent uses with the object's own sizes (from its
+    BTF and map definitions); one line naming every difference, before anything loads."""
+    have = set(obj.maps())
+    bad: list[str] = []
+    for name, (key, value) in abi.MAPS.items():
+        if name not in have:
+            bad.append(f"map {name} missing")
+            continue
+        key_size, value_size, _ = obj.map_layout(name)
+        want_key = 0 if key is None else ctypes.sizeof(key)
+        if key_size != want_key:
+            bad.append(f"{name} key {key_size} bytes, abi.py {want_key}")
+        if value is not None and value_size != ctypes.sizeof(value):
+            bad.append(f"{name} value {value_size} bytes, abi.py {ctypes.sizeof(value)} ({value.__name__})")
+    for section, variables in abi.VARS.items():
+        for var, ctype in variables.items():
+            try:
+                _, size = obj.section_var_offset(section, var)
+            except LibbpfError:
+                bad.append(f"{var} missing from {section}")
+                continue
+            if size != ctypes.sizeof(ctype):
+                bad.append(f"{section} {var} {size} bytes, abi.py {ctypes.sizeof(ctype)}")
+    if bad:
+        raise AbiMismatch(
+            errno.EPROTO,
+            f"{obj.path} does not match this agent's otel_podnet/abi.py ({'; '.join(bad)}): "
+            "rebuild the object and the package together",
+        )
 
 
 def ip_key(address: str) -> abi.PodnetIpKey:
@@ -53,35 +92,54 @@ class Datapath:
 
     def __init__(self, config: DatapathConfig) -> None:
         self.config = config
+        self.capacity = config.capacity
         self._obj: BpfObject | None = None
         self._ncpus = num_possible_cpus()
         self._per_cpu = (abi.PodnetCounters * self._ncpus)()  # reused by read_slot
         self._words = len(abi.PodnetCounters())
         self._unpack = struct.Struct(f"={self._words * self._ncpus}Q")
+        # every slot on every CPU, filled by one batch lookup per collection (read_slots)
+        self._all_slots = (abi.PodnetCounters * (self._ncpus * self.capacity.slots))()
         self._links: list[Link] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def open_and_load(self) -> None:
         obj = BpfObject(str(self.config.object_path))
+        cap = self.capacity
         try:
+            check_abi(obj)
             cfg = abi.PodnetConfig(
                 ephemeral_lo=self.config.ephemeral_ports[0], ephemeral_hi=self.config.ephemeral_ports[1]
             )
             obj.set_rodata("podnet_cfg", cfg)
+            obj.set_rodata("podnet_max_slots", ctypes.c_uint32(cap.slots))
+            obj.set_max_entries("podnet_stats", cap.slots)
+            obj.set_max_entries("podnet_freeslot", cap.slots)
+            obj.set_max_entries("podnet_cgroups", cap.cgroups)
+            obj.set_max_entries("podnet_pod_ips", cap.pod_ips)
             obj.set_rodata("podnet_rtt_interval_ns", ctypes.c_uint64(int(self.config.rtt_interval * 1e9)))
             obj.load()
         except BaseException:
             obj.close()
             raise
         self._obj = obj
-        self.stats = obj.map("podnet_stats", 4, ctypes.sizeof(abi.PodnetCounters))
-        self.freeslot = obj.map("podnet_freeslot", 0, 4)
-        self.cgroups = obj.map("podnet_cgroups", 8, ctypes.sizeof(abi.PodnetCgroup))
-        self.pod_ips = obj.map("podnet_pod_ips", 16, ctypes.sizeof(abi.PodnetIpVal))
-        self.health_map = obj.map("podnet_health", 4, 8)
-        self.bss = obj.bss_map(4)
+        self.stats = obj.map("podnet_stats")
+        self.freeslot = obj.map("podnet_freeslot")
+        self.cgroups = obj.map("podnet_cgroups")
+        self.pod_ips = obj.map("podnet_pod_ips")
+        self.health_map = obj.map("podnet_health")
+        self.bss = obj.map(".bss")
+        self._gen_offset = obj.section_var_offset(".bss", "podnet_gen")[0]
         self._gen = 0
+        _logger.info(
+            "kernel tables: %d slots (%.1f MiB of counters on %d possible CPUs), %d cgroups, %d pod IPs",
+            cap.slots,
+            cap.stats_bytes(self._ncpus, ctypes.sizeof(abi.PodnetCounters)) / 2**20,
+            self._ncpus,
+            cap.cgroups,
+            cap.pod_ips,
+        )
 
     def attach(self) -> None:
         """Tracepoints first, so every connection that opens from now on is seen opening;
@@ -107,7 +165,7 @@ class Datapath:
 
     def _object(self) -> BpfObject:
         if self._obj is None:
-            raise LibbpfError(9, "datapath not loaded")
+            raise LibbpfError(errno.EBADF, "datapath not loaded")
         return self._obj
 
     def prog_fd(self, name: str) -> int:
@@ -133,6 +191,19 @@ class Datapath:
         rows = [flat[i : i + n] for i in range(0, len(flat), n)]
         return Counters.from_values(map(sum, zip(*rows, strict=True)))
 
+    def read_slots(self, slots: Iterable[int]) -> dict[int, Counters]:
+        """Several slots' counters summed over every CPU, from one batched read of the whole
+        table (a system call per collection, not per slot)."""
+        fields, n = self._words, self._ncpus  # words per row: the counters and the histograms
+        row = ctypes.sizeof(abi.PodnetCounters)
+        self.stats.read_array(self._all_slots, self.capacity.slots, n * row)
+        flat = memoryview(self._all_slots).cast("B").cast("Q")
+        out = {}
+        for slot in slots:
+            base = slot * n * fields
+            out[slot] = Counters.from_values(sum(flat[base + f : base + n * fields : fields]) for f in range(fields))
+        return out
+
     def zero_slot(self, slot: int) -> None:
         self.stats.update(ctypes.c_uint32(slot), (abi.PodnetCounters * self._ncpus)())
 
@@ -144,12 +215,14 @@ class Datapath:
             yield int(key), int(val.slot), int(val.kind)
 
     def set_cgroup(self, cgid: int, slot: int, kind: int, only_new: bool = False) -> bool:
+        """Insert or update a cgroup's entry; False when ``only_new`` and the kernel saw it
+        first. Raises MapFull when the map is full."""
         try:
             self.cgroups.update(
                 ctypes.c_uint64(cgid), abi.PodnetCgroup(slot=slot, kind=kind), BPF_NOEXIST if only_new else 0
             )
         except LibbpfError as exc:
-            if only_new and exc.errno == 17:  # EEXIST: the kernel saw it first
+            if only_new and exc.errno == errno.EEXIST:
                 return False
             raise
         return True
@@ -158,6 +231,7 @@ class Datapath:
         self.cgroups.delete(ctypes.c_uint64(cgid))
 
     def set_pod_ip(self, address: str, slot: int) -> None:
+        """Raises MapFull when the map is full."""
         self.pod_ips.update(ip_key(address), abi.PodnetIpVal(slot=slot))
 
     def delete_pod_ip(self, address: str) -> None:
@@ -166,7 +240,10 @@ class Datapath:
     def bump_generation(self) -> None:
         """Make every socket resolve its slot again on its next event."""
         self._gen = (self._gen + 1) & 0xFFFFFFFF
-        self.bss.update(ctypes.c_uint32(0), ctypes.c_uint32(self._gen))
+        value = (ctypes.c_uint8 * self.bss.value_size)()
+        self.bss.lookup(ctypes.c_uint32(0), value)
+        ctypes.c_uint32.from_buffer(value, self._gen_offset).value = self._gen
+        self.bss.update(ctypes.c_uint32(0), value)
 
     def health(self) -> tuple[int, ...]:
         per_cpu = (ctypes.c_uint64 * self._ncpus)()

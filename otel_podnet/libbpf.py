@@ -21,10 +21,15 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 _BTF_KIND_DATASEC = 15
+ENOTSUPP = 524  # the kernel's internal "operation not supported" (not in the errno module)
 
 
 class LibbpfError(OSError):
     """A libbpf call failed."""
+
+
+class MapFull(LibbpfError):
+    """An insert into a hash map found it full (E2BIG)."""
 
 
 def _load_library() -> ctypes.CDLL:
@@ -69,6 +74,10 @@ def _declare(lb: ctypes.CDLL) -> ctypes.CDLL:
         "bpf_object__find_map_by_name": (vp, [vp, cs]),
         "bpf_map__name": (cs, [vp]),
         "bpf_map__fd": (ci, [vp]),
+        "bpf_map__key_size": (cu32, [vp]),
+        "bpf_map__value_size": (cu32, [vp]),
+        "bpf_map__max_entries": (cu32, [vp]),
+        "bpf_map__set_max_entries": (ci, [vp, cu32]),
         "bpf_map__initial_value": (vp, [vp, ctypes.POINTER(ctypes.c_size_t)]),
         "bpf_program__fd": (ci, [vp]),
         "bpf_program__attach": (vp, [vp]),
@@ -164,7 +173,42 @@ class Map:
         return True
 
     def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
-        _check(lib().bpf_map_update_elem(self.fd, _ref(key), ctypes.byref(value), flags), f"update of {self.name}")
+        rc = lib().bpf_map_update_elem(self.fd, _ref(key), ctypes.byref(value), flags)
+        if rc < 0 and (ctypes.get_errno() or -rc) == errno.E2BIG:
+            raise MapFull(errno.E2BIG, f"update of {self.name}: the map is full")
+        _check(rc, f"update of {self.name}")
+
+    def read_array(self, values: Any, entries: int, value_bytes: int) -> None:
+        """Every element of an array map into ``values`` (``entries`` x ``value_bytes``
+        bytes; per-CPU maps: every CPU's row of an element in turn), with batch lookups:
+        one system call where the kernel allows, one lookup per element where it has none."""
+        keys = (ctypes.c_uint32 * entries)()
+        token = ctypes.c_uint32()
+        count = ctypes.c_uint32()
+        done = 0
+        while done < entries:
+            count.value = entries - done
+            rc = lib().bpf_map_lookup_batch(
+                self.fd,
+                None if done == 0 else ctypes.byref(token),
+                ctypes.byref(token),
+                ctypes.byref(keys, done * 4),
+                ctypes.byref(values, done * value_bytes),
+                ctypes.byref(count),
+                None,
+            )
+            err = ctypes.get_errno() if rc < 0 else 0
+            if rc < 0 and err != errno.ENOENT:
+                if done == 0 and err in (errno.EINVAL, ENOTSUPP):
+                    break
+                raise LibbpfError(err, f"batch lookup in {self.name}: {os.strerror(err)}")
+            done += count.value
+            if rc < 0 or count.value == 0:  # ENOENT: that was the last batch
+                return
+        for i in range(done, entries):  # no batch lookups (before Linux 5.6)
+            key = ctypes.c_uint32(i)
+            ptr = ctypes.cast(ctypes.byref(values, i * value_bytes), ctypes.c_void_p)
+            _check(lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ptr), f"lookup in {self.name}")
 
     def delete(self, key: Any) -> bool:
         rc = lib().bpf_map_delete_elem(self.fd, _ref(key))
@@ -203,7 +247,7 @@ class Map:
             )
             err = ctypes.get_errno() if rc < 0 else 0
             if rc < 0 and err not in (errno.ENOENT,):
-                if err in (errno.EINVAL, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else 524, 524) and first:
+                if err in (errno.EINVAL, ENOTSUPP) and first:
                     yield from self._items_slow(key_type, value_type)
                     return
                 raise LibbpfError(err, f"batch lookup in {self.name}: {os.strerror(err)}")
@@ -267,6 +311,30 @@ class BpfObject:
             m = lib().bpf_object__next_map(self._o(), m)
         raise LibbpfError(errno.ENOENT, f"no {suffix} section in {self.path}")
 
+    def maps(self) -> list[str]:
+        """The names of every map in the object (internal ones end in .bss, .rodata, ...)."""
+        out = []
+        m = lib().bpf_object__next_map(self._o(), None)
+        while m:
+            out.append((lib().bpf_map__name(m) or b"").decode())
+            m = lib().bpf_object__next_map(self._o(), m)
+        return out
+
+    def _any_map(self, name: str) -> int:
+        return self._internal_map(name) if name.startswith(".") else self._map_ptr(name)
+
+    def map_layout(self, name: str) -> tuple[int, int, int]:
+        """(key size, value size, max entries) of a map as the object defines it; internal
+        maps (``.bss``, ``.rodata``) by their section name."""
+        lb, m = lib(), self._any_map(name)
+        return int(lb.bpf_map__key_size(m)), int(lb.bpf_map__value_size(m)), int(lb.bpf_map__max_entries(m))
+
+    def set_max_entries(self, name: str, entries: int) -> None:
+        """Resize a map before load."""
+        if self.loaded:
+            raise LibbpfError(errno.EBUSY, "maps can only be resized before load")
+        _check(lib().bpf_map__set_max_entries(self._map_ptr(name), entries), f"resizing {name} to {entries}")
+
     def section_var_offset(self, section: str, var: str) -> tuple[int, int]:
         """(offset, size) of a global variable in a data section, from the object's BTF."""
         lb = lib()
@@ -300,13 +368,12 @@ class BpfObject:
         _check(lib().bpf_object__load(self._o()), f"loading {self.path} (the verifier log, if any, is above)")
         self.loaded = True
 
-    def map(self, name: str, key_size: int, value_size: int) -> Map:
-        fd = _check(lib().bpf_map__fd(self._map_ptr(name)), f"fd of map {name}")
+    def map(self, name: str) -> Map:
+        """A loaded map by name (internal ones by section: ``.bss``), with the sizes the
+        object gives it."""
+        key_size, value_size, _ = self.map_layout(name)
+        fd = _check(lib().bpf_map__fd(self._any_map(name)), f"fd of map {name}")
         return Map(name, fd, key_size, value_size)
-
-    def bss_map(self, value_size: int) -> Map:
-        fd = _check(lib().bpf_map__fd(self._internal_map(".bss")), "fd of .bss")
-        return Map(".bss", fd, 4, value_size)
 
     def _prog(self, name: str) -> int:
         return _check_ptr(lib().bpf_object__find_program_by_name(self._o(), name.encode()), f"program {name}")

@@ -6,8 +6,10 @@ import sys
 from logging import getLogger
 
 from .agent import Agent
+from .capacity import Capacity
 from .cgroups import CgroupError, find_cgroup2_mount
 from .core import Core
+from .datapath import AbiMismatch
 from .exporters import Exporter
 from .health import HealthServer, HealthState
 from .inventory import InventoryError, NoPods, PodsFileSource, PodSource
@@ -48,7 +50,7 @@ def run(settings: Settings) -> int:
     except (CgroupError, NotReady) as exc:
         print(f"otel-podnet: {exc}", file=sys.stderr)
         return 3
-    core = Core(cgroup_root, source, interval=settings.interval)
+    core = Core(cgroup_root, source, capacity=Capacity.for_pods(settings.max_pods), interval=settings.interval)
     health = HealthState(settings.interval)
     health_server = None
     if settings.health_address is not None:
@@ -61,6 +63,9 @@ def run(settings: Settings) -> int:
     agent.install_signal_handlers()
     try:
         return agent.run()
+    except AbiMismatch as exc:  # not the environment: this object was not built with this agent
+        print(f"otel-podnet: {exc.strerror}", file=sys.stderr)
+        return 3
     except LibbpfError as exc:
         from .check import run_checks
 

@@ -166,6 +166,13 @@ class Health:
     cgroups_full: int
     no_storage: int
     collection_seconds: float = 0.0
+    pod_ips_tracked: int = 0
+    pod_ips_capacity: int = 0
+    pods_exhausted_cgroup: int = 0  # pods counted as the node's: no free slot for their cgroups
+    pods_exhausted_ip: int = 0  # ... no free slot for their IP fallback
+    cgroups_refused: int = 0  # cgroups the agent could not register: podnet_cgroups full
+    pod_ips_refused: int = 0  # pod IPs the agent could not add: podnet_pod_ips full
+    collection_failures: int = 0  # collections that failed after start (the agent went on)
 
 
 @dataclass(frozen=True)

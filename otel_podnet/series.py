@@ -46,7 +46,25 @@ H_LOST = MetricDef("podnet.agent.events.lost", "{event}", "Kernel events that co
 H_EXPORT_FAILURES = MetricDef("podnet.agent.export.failures", "{export}", "Failed exports", True)
 H_COLLECTION = MetricDef("podnet.agent.collection.duration", "s", "Time to collect one snapshot", False, gauge=True)
 
-HEALTH_METRICS = (H_PODS, H_ENTRIES, H_CAPACITY, H_LOST, H_EXPORT_FAILURES, H_COLLECTION)
+H_EXHAUSTED = MetricDef(
+    "podnet.agent.slots.exhausted", "{pod}", "Pods counted as the node's until a counting slot freed", True
+)
+H_MAP_FULL = MetricDef("podnet.agent.map.full", "{entry}", "Entries the agent could not add: the map was full", True)
+H_COLLECTION_FAILURES = MetricDef(
+    "podnet.agent.collection.failures", "{collection}", "Collections that failed; the agent went on", True
+)
+
+HEALTH_METRICS = (
+    H_PODS,
+    H_ENTRIES,
+    H_CAPACITY,
+    H_LOST,
+    H_EXHAUSTED,
+    H_MAP_FULL,
+    H_EXPORT_FAILURES,
+    H_COLLECTION,
+    H_COLLECTION_FAILURES,
+)
 
 Attrs = tuple[tuple[str, str], ...]
 
@@ -90,9 +108,16 @@ def health_series(h: Health, export_failures: int) -> Iterator[tuple[MetricDef, 
     yield H_ENTRIES, (("podnet.map", "slots"),), h.slots_in_use
     yield H_ENTRIES, (("podnet.map", "cgroups"),), h.cgroups_tracked
     yield H_CAPACITY, (("podnet.map", "slots"),), h.slots_capacity
+    yield H_ENTRIES, (("podnet.map", "pod_ips"),), h.pod_ips_tracked
     yield H_CAPACITY, (("podnet.map", "cgroups"),), h.cgroups_capacity
+    yield H_CAPACITY, (("podnet.map", "pod_ips"),), h.pod_ips_capacity
     yield H_LOST, (("podnet.reason", "slots_exhausted"),), h.slots_exhausted
     yield H_LOST, (("podnet.reason", "cgroups_full"),), h.cgroups_full
     yield H_LOST, (("podnet.reason", "no_socket_storage"),), h.no_storage
+    yield H_EXHAUSTED, (("podnet.slot.kind", "cgroup"),), h.pods_exhausted_cgroup
+    yield H_EXHAUSTED, (("podnet.slot.kind", "ip"),), h.pods_exhausted_ip
+    yield H_MAP_FULL, (("podnet.map", "cgroups"),), h.cgroups_refused
+    yield H_MAP_FULL, (("podnet.map", "pod_ips"),), h.pod_ips_refused
     yield H_EXPORT_FAILURES, (), export_failures
     yield H_COLLECTION, (), h.collection_seconds
+    yield H_COLLECTION_FAILURES, (), h.collection_failures

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .capacity import DEFAULT_MAX_PODS, MAX_MAX_PODS
+
 EXPORTERS = ("otlp", "prometheus", "console", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -37,6 +39,20 @@ class Settings:
     health_address: tuple[str, int] | None
     log_level: str
     log_format: str
+    max_pods: int = DEFAULT_MAX_PODS  # sizes the kernel's tables (capacity.py)
+
+
+def parse_max_pods(cli: str | None, env: Mapping[str, str]) -> int:
+    """``--max-pods`` [``PODNET_MAX_PODS``], default 110 (kubelet's)."""
+    if cli is not None:
+        raw, what = cli, "--max-pods"
+    elif env.get("PODNET_MAX_PODS"):
+        raw, what = env["PODNET_MAX_PODS"], "PODNET_MAX_PODS"
+    else:
+        return DEFAULT_MAX_PODS
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_MAX_PODS:
+        raise ConfigError(f"{what} {raw!r}: expected the node's maximum number of pods, 1 to {MAX_MAX_PODS}")
+    return int(raw)
 
 
 def parse_address(value: str, what: str) -> tuple[str, int]:
@@ -93,6 +109,7 @@ def build(
     log_level: str,
     log_format: str,
     env: Mapping[str, str] | None = None,
+    max_pods: str | None = None,
 ) -> Settings:
     env = os.environ if env is None else env
     pods = pods_file or env.get("PODNET_PODS_FILE") or None
@@ -121,4 +138,5 @@ def build(
         health_address=parse_address(health, "--health-address") if health else None,
         log_level=log_level,
         log_format=log_format,
+        max_pods=parse_max_pods(max_pods, env),
     )

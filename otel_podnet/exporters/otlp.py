@@ -124,6 +124,11 @@ def make_sdk_exporter(env: Mapping[str, str]) -> MetricExporter:
     return Http()
 
 
+# Final samples of departed pods kept through a collector outage: beyond this, the oldest
+# are dropped (their pods' last figures never reach the collector; a warning says so).
+MAX_UNSENT_FINALS = 1024
+
+
 class OtlpExporter:
     def __init__(
         self,
@@ -131,6 +136,7 @@ class OtlpExporter:
         stats: ExportStats,
         env: Mapping[str, str] | None = None,
         sdk_exporter: MetricExporter | None = None,
+        max_unsent_finals: int = MAX_UNSENT_FINALS,
     ) -> None:
         env = os.environ if env is None else env
         self._sdk = sdk_exporter or make_sdk_exporter(env)
@@ -143,6 +149,8 @@ class OtlpExporter:
         self._last: dict[SeriesKey, float] = {}
         self._last_hist: dict[SeriesKey, KernelHistogram] = {}
         self._unsent_finals: dict[str, tuple[PodSample, PodInfo | None]] = {}
+        self._max_unsent_finals = max_unsent_finals
+        self.finals_dropped = 0
         self._log = RateLimited(_logger, 60.0)
         self._cond = threading.Condition()
         self._pending: tuple[Snapshot, dict[str, PodInfo], int] | None = None
@@ -188,6 +196,14 @@ class OtlpExporter:
         for s in snapshot.samples:
             if s.final and s.uid:
                 self._unsent_finals[s.uid] = (s, pods.get(s.uid))
+        while len(self._unsent_finals) > self._max_unsent_finals:  # bounded: drop the oldest
+            del self._unsent_finals[next(iter(self._unsent_finals))]
+            self.finals_dropped += 1
+            self._log.warning(
+                "collector unreachable for long: final figures of %d departed pods dropped (%d kept)",
+                self.finals_dropped,
+                self._max_unsent_finals,
+            )
 
     def _export_one(self, snapshot: Snapshot, pods: dict[str, PodInfo], now_ns: int) -> None:
         samples = list(snapshot.samples)
@@ -204,16 +220,15 @@ class OtlpExporter:
             result = MetricExportResult.FAILURE
             _logger.debug("OTLP export raised", exc_info=exc)
         if result == MetricExportResult.SUCCESS:
-            self._last.update(values)
-            self._last_hist.update(hists)
+            # Every live pod is in every snapshot, so what was just exported is all the
+            # delta state needed: a pod that left (with or without a final sample) and the
+            # pods whose final this was leave nothing behind.
+            finals = {s.uid for s in samples if s.final and s.uid}
+            self._last = {k: v for k, v in values.items() if k[0] not in finals}
+            self._last_hist = {k: v for k, v in hists.items() if k[0] not in finals}
             self._last_ok_ns = now_ns
-            for s in samples:
-                if s.final and s.uid:
-                    self._unsent_finals.pop(s.uid, None)
-                    for key in [k for k in self._last if k[0] == s.uid]:
-                        del self._last[key]
-                    for key in [k for k in self._last_hist if k[0] == s.uid]:
-                        del self._last_hist[key]
+            for uid in finals:
+                self._unsent_finals.pop(uid, None)
         else:
             self._stats.failed()
             self._keep_finals(Snapshot(tuple(samples), snapshot.health), pods)

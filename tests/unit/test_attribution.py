@@ -3,7 +3,7 @@ samples once, IP map mirroring. (The same logic against the kernel: tests/kernel
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from otel_podnet import abi
@@ -31,6 +31,9 @@ class MemMaps:
 
     def read_slot(self, slot: int) -> Counters:
         return self.stats.get(slot, Counters())
+
+    def read_slots(self, slots: Iterable[int]) -> dict[int, Counters]:
+        return {slot: self.read_slot(slot) for slot in slots}
 
     def zero_slot(self, slot: int) -> None:
         self.stats.pop(slot, None)
@@ -155,3 +158,25 @@ def test_an_ip_claimed_twice_goes_to_the_live_pod(tmp_path: Path) -> None:
     for order in ({"z-old": old, "a-new": new}, {"a-new": new, "z-old": old}):
         att.sync(order)
         assert maps.ips["10.0.0.7"] == att._ip_slot["a-new"]
+
+
+def test_a_pods_cgroups_share_one_slot(tmp_path: Path) -> None:
+    """Each cgroup the kernel sees takes a slot; a pod's second cgroup is moved onto the
+    pod's slot and its own retired, what it counted meanwhile carried into the pod's total."""
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    pod = tmp_path / "kubepods" / f"pod{UID}"
+    (pod / "c1").mkdir(parents=True)
+    (pod / "c2").mkdir()
+    c1, c2 = (pod / "c1").stat().st_ino, (pod / "c2").stat().st_ino
+    s1, s2 = maps.kernel_sees(c1), maps.kernel_sees(c2)
+    maps.count(s1, opened_out=1)
+    maps.count(s2, opened_out=2)
+    att.sync({})
+    assert maps.cgroups[c1] == maps.cgroups[c2] == (s1, abi.CG_POD)
+    maps.count(s1, opened_out=4)
+    att.sync({})  # s2 retired: carried and freed
+    assert s2 in maps.free and s2 not in maps.stats
+    assert [s.counters.opened_out for s in att.snapshot({}) if s.uid == UID] == [7]
+    assert att.health(1).slots_in_use == 2  # the node's and the pod's
