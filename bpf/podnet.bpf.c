@@ -21,6 +21,18 @@
  * - Bytes and packets are counted as on the wire: a GSO/GRO skb of n segments counts n
  *   packets and n copies of its IP+L4 headers. TCP payload is the skb minus its headers.
  * - The programs never drop: cgroup_skb always returns 1.
+ * - Latency (connect duration, RTT) is kept as log2 histograms of microseconds in the same
+ *   per-CPU slot rows, with an exact sum beside the buckets. Outbound connect duration is
+ *   from the first SYN's departure (its skb->tstamp, stamped into socket storage by the
+ *   egress program, which holds that storage anyway) to ESTABLISHED: exact, SYN
+ *   retransmissions included, and no extra tracepoint run per connection. Inbound, the
+ *   child socket never sees the SYN (it is created when the handshake's ACK arrives, and
+ *   the request sock that saw the SYN is unreachable from it), so the kernel's own sample is
+ *   taken: tcp_check_req() sets the child's srtt_us from the first SYN-ACK's send time to
+ *   the ACK's arrival before the state changes; the SYN-ACK leaves in the softirq that took
+ *   the SYN. RTT is the kernel's srtt_us: at the close (leaving ESTABLISHED), and on egress
+ *   at most once per interval, checked against skb->tstamp (TCP's departure time, already
+ *   in the skb: no helper call and no map lookup per packet).
  */
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -206,6 +218,81 @@ static __always_inline bool guess_inbound(__u16 lport, __u16 rport)
 	if (l_eph != r_eph)
 		return r_eph;
 	return lport < rport;
+}
+
+/* ---- latency (issue 11): connect duration and RTT histograms --------------------------- */
+
+/* At most how often a long-lived connection's RTT is sampled while it sends (the agent's
+ * export interval, set before load). */
+const volatile __u64 podnet_rtt_interval_ns = 10000000000ULL;
+
+/* The bucket of a value: the smallest i with ns <= 2^i us (see podnet.h). */
+static __always_inline __u32 hist_bucket(__u64 ns)
+{
+	__u64 x = (ns + 999) / 1000;	/* ns <= 2^i us  <=>  ceil(ns / 1000) <= 2^i */
+	__u32 b = 1;
+
+	if (x <= 1)
+		return 0;
+	x -= 1;				/* ceil(log2(x)) = floor(log2(x - 1)) + 1 */
+	if (x >> 32) { b += 32; x >>= 32; }
+	if (x >> 16) { b += 16; x >>= 16; }
+	if (x >> 8) { b += 8; x >>= 8; }
+	if (x >> 4) { b += 4; x >>= 4; }
+	if (x >> 2) { b += 2; x >>= 2; }
+	if (x >> 1) { b += 1; }
+	return b < PODNET_HIST_BUCKETS ? b : PODNET_HIST_BUCKETS - 1;
+}
+
+static __always_inline void hist_add(struct podnet_hist *h, __u64 ns)
+{
+	__u32 b = hist_bucket(ns);
+
+	if (b >= PODNET_HIST_BUCKETS)
+		return;
+	__sync_fetch_and_add(&h->buckets[b], 1);
+	__sync_fetch_and_add(&h->sum_ns, ns);
+}
+
+static __always_inline __u32 sk_dir(const struct podnet_sock *st)
+{
+	return (st->flags & PODNET_SK_INBOUND) ? PODNET_INBOUND : PODNET_OUTBOUND;
+}
+
+/*
+ * Egress of an established connection: sample its smoothed RTT when the interval is up.
+ * The handshake arms the timer (see latency_state); a connection older than the agent is
+ * armed by its first packet. A connection shorter than an interval is sampled at its close
+ * alone; a compare-and-swap keeps it to one sample per interval across CPUs.
+ */
+static __always_inline void rtt_tick(struct __sk_buff *skb, struct bpf_sock *sk, struct podnet_sock *st,
+				     struct podnet_counters *c)
+{
+	__u64 now = skb->tstamp, due = st->rtt_next_ns;
+	struct bpf_tcp_sock *tp;
+
+	if (!now || now < due)
+		return;
+	if (__sync_val_compare_and_swap(&st->rtt_next_ns, due, now + podnet_rtt_interval_ns) != due || !due)
+		return;
+	tp = bpf_tcp_sock(sk);
+	if (tp && tp->srtt_us >> 3)
+		hist_add(&c->rtt[sk_dir(st)], (__u64)(tp->srtt_us >> 3) * 1000);
+}
+
+/*
+ * Egress, TCP (issue 11): the first SYN of a connect stamps the socket (every packet a
+ * SYN_SENT socket sends is its SYN or a retransmission of it), then the RTT tick.
+ */
+static __always_inline void latency_egress(struct __sk_buff *skb, struct bpf_sock *sk, struct podnet_sock *st,
+					   struct podnet_counters *c, __u32 state)
+{
+	if (state == BPF_TCP_SYN_SENT) {
+		if (!st->syn_ns)
+			st->syn_ns = skb->tstamp ? skb->tstamp : bpf_ktime_get_ns();
+	} else if (st->flags & PODNET_SK_ESTABLISHED) {
+		rtt_tick(skb, sk, st, c);
+	}
 }
 
 /* ---- cgroup_skb: bytes and packets ---------------------------------------------------- */
@@ -439,6 +526,8 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 	count_wire(c, skb, &pi, io);
 	if (pi.transport != PODNET_TCP || !pi.l4_ok)
 		return SK_PASS;
+	if (io == PODNET_TX)
+		latency_egress(skb, sk, st, c, state);	/* latency (issue 11) */
 	if (io == PODNET_TX) {
 		__u32 len = skb->len - pi.hdr_len, fresh;
 
@@ -556,6 +645,44 @@ static __always_inline __u32 fail_reason(int err)
 	}
 }
 
+/*
+ * Latency at a state change (issue 11): the connect duration at ESTABLISHED (outbound
+ * from the SYN's stamp, see latency_egress), the RTT of a counted connection that leaves
+ * ESTABLISHED. Runs before the connection accounting below, which clears the flags read
+ * here.
+ */
+static __always_inline void latency_state(const struct sock *sk, struct podnet_sock *st,
+					  struct podnet_counters *c, int oldstate, int newstate)
+{
+	__u64 srtt;
+
+	if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE) {
+		st->syn_ns = 0;	/* a failed attempt: not a connect duration */
+		return;
+	}
+	if (newstate == TCP_ESTABLISHED) {
+		__u64 now = bpf_ktime_get_ns();
+
+		/* skb->tstamp of TCP is tcp_clock_ns(), this same clock (CLOCK_MONOTONIC): the
+		 * first periodic RTT sample is due one interval after the handshake */
+		st->rtt_next_ns = now + podnet_rtt_interval_ns;
+		if (oldstate == TCP_SYN_SENT && st->syn_ns && now > st->syn_ns) {
+			hist_add(&c->connect[PODNET_OUTBOUND], now - st->syn_ns);
+			st->syn_ns = 0;
+		} else if (oldstate == TCP_SYN_RECV) {
+			srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+			if (srtt)
+				hist_add(&c->connect[PODNET_INBOUND], srtt * 1000);
+		}
+		return;
+	}
+	if (oldstate == TCP_ESTABLISHED && (st->flags & PODNET_SK_ESTABLISHED)) {
+		srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+		if (srtt)
+			hist_add(&c->rtt[sk_dir(st)], srtt * 1000);
+	}
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int newstate)
 {
@@ -571,6 +698,8 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 	c = sk_counters(sk, &st);
 	if (!c)
 		return 0;
+
+	latency_state(sk, st, c, oldstate, newstate);	/* latency (issue 11) */
 
 	/* The last received bytes, when no packet of ours follows them (a close). */
 	if (rcv_nxt_valid(oldstate) || newstate == TCP_ESTABLISHED) {

@@ -31,6 +31,19 @@
 #define PODNET_SK_RX_MARK	(1U << 4)	/* seq_hw[PODNET_RX] is set */
 
 enum podnet_dir { PODNET_OUTBOUND = 0, PODNET_INBOUND = 1, PODNET_NDIRS = 2 };
+
+/*
+ * Latency histograms (connect duration, smoothed RTT): bucket i counts values v with
+ * 2^(i-1) us < v <= 2^i us (bucket 0: v <= 1 us), the last bucket everything above
+ * 2^(PODNET_HIST_BUCKETS-2) us (67 s). Upper bounds inclusive, as OTLP explicit buckets
+ * and Prometheus' le are. sum_ns is the exact sum of the values counted.
+ */
+#define PODNET_HIST_BUCKETS	28
+
+struct podnet_hist {
+	__u64 buckets[PODNET_HIST_BUCKETS];
+	__u64 sum_ns;
+};
 enum podnet_io { PODNET_TX = 0, PODNET_RX = 1, PODNET_NIO = 2 };
 enum podnet_transport { PODNET_TCP = 0, PODNET_UDP = 1, PODNET_NTRANSPORTS = 2 };
 enum podnet_fail {
@@ -53,6 +66,9 @@ struct podnet_counters {
 	__u64 failed[PODNET_NFAILS];			/* outbound attempts that never established */
 	__u64 retransmits;
 	__u64 resets[PODNET_NIO];			/* RST segments sent / received */
+	/* latency (issue 11): appended last, mirrored by abi.HISTOGRAMS */
+	struct podnet_hist connect[PODNET_NDIRS];	/* SYN to ESTABLISHED */
+	struct podnet_hist rtt[PODNET_NDIRS];		/* srtt at close, and once per interval */
 };
 
 /* Key of podnet_cgroups: the cgroup v2 id (the inode number of its directory). */
@@ -90,6 +106,9 @@ struct podnet_sock {
 	 * with rcv_nxt, the bytes delivered in order (duplicates and holes add nothing).
 	 */
 	__u64 seq_hw[2];
+	/* latency (issue 11) */
+	__u64 syn_ns;		/* outbound: when its first SYN left (skb->tstamp) */
+	__u64 rtt_next_ns;	/* the next periodic RTT sample is due (skb->tstamp clock) */
 };
 
 /* Agent health counters (podnet_health, per-CPU array). */

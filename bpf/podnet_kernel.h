@@ -40,6 +40,7 @@ struct sock {
 
 struct tcp_sock {
 	__u32 rcv_nxt;
+	__u32 srtt_us;			/* smoothed RTT << 3, in microseconds */
 };
 
 struct sk_buff {

@@ -34,7 +34,16 @@ COUNTER_FIELDS: tuple[str, ...] = (
     "resets_tx", "resets_rx",
 )  # fmt: skip
 
-PodnetCounters = ctypes.c_uint64 * len(COUNTER_FIELDS)
+# Latency histograms (issue 11), appended to struct podnet_counters after the fields above:
+# struct podnet_hist connect[PODNET_NDIRS], rtt[PODNET_NDIRS], each HIST_BUCKETS bucket
+# counts then the sum in nanoseconds. Bucket i holds values <= 2**i microseconds (and above
+# the previous bound); the last bucket is everything above HIST_BOUNDS_US[-1].
+HIST_BUCKETS = 28
+HISTOGRAMS: tuple[str, ...] = ("connect_out", "connect_in", "rtt_out", "rtt_in")
+HIST_WORDS = HIST_BUCKETS + 1
+HIST_BOUNDS_US: tuple[int, ...] = tuple(2**i for i in range(HIST_BUCKETS - 1))
+
+PodnetCounters = ctypes.c_uint64 * (len(COUNTER_FIELDS) + len(HISTOGRAMS) * HIST_WORDS)
 
 
 class PodnetCgroup(ctypes.Structure):
@@ -70,5 +79,9 @@ MAPS: dict[str, tuple[type[Any] | None, type[Any] | None]] = {
 # Global variables the agent writes, by data section: their BTF sizes are checked too.
 VARS: dict[str, dict[str, type[Any]]] = {
     ".bss": {"podnet_gen": ctypes.c_uint32},
-    ".rodata": {"podnet_cfg": PodnetConfig, "podnet_max_slots": ctypes.c_uint32},
+    ".rodata": {
+        "podnet_cfg": PodnetConfig,
+        "podnet_max_slots": ctypes.c_uint32,
+        "podnet_rtt_interval_ns": ctypes.c_uint64,
+    },
 }

@@ -36,12 +36,19 @@ class Core:
         object_path: Path | None = None,
         proc: Path = Path("/proc"),
         capacity: Capacity | None = None,
+        interval: float = 10.0,
     ) -> None:
         self.cgroup_root = cgroup_root
         self.source = source
         capacity = capacity or Capacity.for_pods()
         self.datapath = Datapath(
-            DatapathConfig(cgroup_root, object_path or default_object_path(), ephemeral_port_range(proc), capacity)
+            DatapathConfig(
+                cgroup_root,
+                object_path or default_object_path(),
+                ephemeral_port_range(proc),
+                capacity,
+                rtt_interval=interval,
+            )
         )
         self.index = CgroupIndex(cgroup_root)
         self.attributor = Attributor(self.datapath, self.index, capacity=capacity)

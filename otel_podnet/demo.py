@@ -15,6 +15,7 @@ from types import FrameType
 
 from .cgroups import CgroupError, find_cgroup2_mount
 from .core import Core
+from .exporters.console import percentiles
 from .inventory import PodsFileSource
 from .libbpf import LibbpfError
 from .samples import Counters
@@ -67,7 +68,12 @@ def _fmt(v: tuple[int, ...]) -> str:
     return " / ".join(f"{x:,}" for x in v)
 
 
-def report(pods: list[SimPod], truth: dict[str, Truth], seen: dict[str, Counters]) -> tuple[str, bool]:
+DB_DELAY = 0.010  # seconds every frame db sends waits on its link (a user-space delay line)
+
+
+def report(
+    pods: list[SimPod], truth: dict[str, Truth], seen: dict[str, Counters], delays: dict[str, str] | None = None
+) -> tuple[str, bool]:
     lines, all_ok = [], True
     for p in pods:
         lines.append(f"\npod {p.namespace}/{p.name}  (uid {p.uid[:8]}…, {'hostNetwork' if p.host_network else p.ip4})")
@@ -80,6 +86,11 @@ def report(pods: list[SimPod], truth: dict[str, Truth], seen: dict[str, Counters
         c = seen[p.uid]
         ip_bytes = _fmt((c.bytes_tx_tcp + c.bytes_tx_udp, c.bytes_rx_tcp + c.bytes_rx_udp))
         lines.append(f"  {'IP bytes (TCP+UDP)  tx/rx':<28} {ip_bytes:>24} {'(headers as on the wire)':>24}")
+        note = (delays or {}).get(p.uid, "no added delay")
+        conn = f"{percentiles(c.connect_out)} / {percentiles(c.connect_in)}"
+        lines.append(f"  {'connect ms p50/p99  out/in':<28} {conn:>24} {note:>24}")
+        rtt = f"{percentiles(c.rtt_out)} / {percentiles(c.rtt_in)}"
+        lines.append(f"  {'RTT ms p50/p99      out/in':<28} {rtt:>24} {'(bucket upper bounds)':>24}")
     return "\n".join(lines), all_ok
 
 
@@ -127,7 +138,9 @@ def main() -> int:
         api = node.add_pod("api-5f6d8b", "shop", driver="systemd", qos="guaranteed")
         db = node.add_pod("db-0", "data", driver="cgroupfs")
         pods = [web, api, db]
+        node.delay_link(db, DB_DELAY)
         print(f"simulated node: 3 pods in network namespaces on a bridge, cgroups under {root}", flush=True)
+        print(f"db's link holds every frame db sends {DB_DELAY * 1000:.0f} ms (a user-space delay line)", flush=True)
         with tempfile.TemporaryDirectory(prefix="podnet-demo-") as tmp:
             pods_file = Path(tmp) / "pods.yaml"
             node.write_pod_list(pods_file)
@@ -139,7 +152,8 @@ def main() -> int:
             time.sleep(0.5)
             snap = core.collect()
             seen = {s.uid: s.counters for s in snap.samples if s.uid}
-            text, ok = report(pods, truth, {p.uid: seen.get(p.uid, Counters()) for p in pods})
+            delays = {api.uid: "out: db's link +10 ms", db.uid: "in: its link +10 ms"}
+            text, ok = report(pods, truth, {p.uid: seen.get(p.uid, Counters()) for p in pods}, delays)
             print(text)
             h = snap.health
             print(

@@ -50,7 +50,7 @@ def run(settings: Settings) -> int:
     except (CgroupError, NotReady) as exc:
         print(f"otel-podnet: {exc}", file=sys.stderr)
         return 3
-    core = Core(cgroup_root, source, capacity=Capacity.for_pods(settings.max_pods))
+    core = Core(cgroup_root, source, capacity=Capacity.for_pods(settings.max_pods), interval=settings.interval)
     health = HealthState(settings.interval)
     health_server = None
     if settings.health_address is not None:

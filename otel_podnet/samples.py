@@ -6,7 +6,51 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .abi import COUNTER_FIELDS
+from .abi import COUNTER_FIELDS, HIST_BOUNDS_US, HIST_BUCKETS, HIST_WORDS, HISTOGRAMS
+
+HIST_ZERO: tuple[int, ...] = (0,) * (len(HISTOGRAMS) * HIST_WORDS)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A latency histogram as the kernel keeps it: counts per power-of-two bucket of
+    microseconds (``HIST_BOUNDS_US``, upper bounds inclusive, then an overflow bucket) and
+    the exact sum of the values in nanoseconds."""
+
+    buckets: tuple[int, ...] = (0,) * HIST_BUCKETS
+    sum_ns: int = 0
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets)
+
+    @property
+    def sum_seconds(self) -> float:
+        return self.sum_ns / 1e9
+
+    def __sub__(self, other: Histogram) -> Histogram:
+        return Histogram(
+            tuple(a - b for a, b in zip(self.buckets, other.buckets, strict=True)), self.sum_ns - other.sum_ns
+        )
+
+    def __add__(self, other: Histogram) -> Histogram:
+        return Histogram(
+            tuple(a + b for a, b in zip(self.buckets, other.buckets, strict=True)), self.sum_ns + other.sum_ns
+        )
+
+    def quantile(self, q: float) -> float | None:
+        """The upper bound, in seconds, of the bucket that holds quantile ``q`` (None when
+        empty; the last finite bound when it falls in the overflow bucket)."""
+        total = self.count
+        if not total:
+            return None
+        rank = q * total
+        seen = 0
+        for i, n in enumerate(self.buckets):
+            seen += n
+            if seen >= rank and n:
+                return HIST_BOUNDS_US[min(i, len(HIST_BOUNDS_US) - 1)] / 1e6
+        return HIST_BOUNDS_US[-1] / 1e6
 
 
 @dataclass(frozen=True)
@@ -37,16 +81,42 @@ class Counters:
     retransmits: int = 0
     resets_tx: int = 0
     resets_rx: int = 0
+    # the latency histograms (abi.HISTOGRAMS), flat as in the kernel
+    hist: tuple[int, ...] = HIST_ZERO
 
     @classmethod
     def from_values(cls, values: Iterable[int]) -> Counters:
-        return cls(*values)
+        """From struct podnet_counters' words in order (the histograms may be absent)."""
+        v = tuple(values)
+        n = len(COUNTER_FIELDS)
+        return cls(*v[:n], hist=v[n:] or HIST_ZERO)  # type: ignore[arg-type, misc]
 
     def values(self) -> tuple[int, ...]:
-        return dataclasses.astuple(self)
+        return tuple(getattr(self, f) for f in COUNTER_FIELDS) + self.hist
 
     def __add__(self, other: Counters) -> Counters:
-        return Counters(*(a + b for a, b in zip(self.values(), other.values(), strict=True)))
+        return Counters.from_values(a + b for a, b in zip(self.values(), other.values(), strict=True))
+
+    def histogram(self, name: str) -> Histogram:
+        """One of abi.HISTOGRAMS: ``connect_out``, ``connect_in``, ``rtt_out``, ``rtt_in``."""
+        i = HISTOGRAMS.index(name) * HIST_WORDS
+        return Histogram(self.hist[i : i + HIST_BUCKETS], self.hist[i + HIST_BUCKETS])
+
+    @property
+    def connect_out(self) -> Histogram:
+        return self.histogram("connect_out")
+
+    @property
+    def connect_in(self) -> Histogram:
+        return self.histogram("connect_in")
+
+    @property
+    def rtt_out(self) -> Histogram:
+        return self.histogram("rtt_out")
+
+    @property
+    def rtt_in(self) -> Histogram:
+        return self.histogram("rtt_in")
 
     @property
     def active_out(self) -> int:
@@ -69,7 +139,7 @@ class Counters:
         }
 
 
-assert tuple(f.name for f in dataclasses.fields(Counters)) == COUNTER_FIELDS
+assert tuple(f.name for f in dataclasses.fields(Counters)) == (*COUNTER_FIELDS, "hist")
 
 ZERO = Counters()
 

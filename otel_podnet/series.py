@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .samples import Counters, Health
+from .abi import HIST_BOUNDS_US
+from .samples import Counters, Health, Histogram
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,12 @@ RETRANSMITS = MetricDef("podnet.tcp.retransmits", "{segment}", "Retransmitted TC
 RESETS = MetricDef("podnet.tcp.resets", "{segment}", "TCP RST segments sent and received", True)
 
 POD_METRICS = (OPENED, CLOSED, ACTIVE, FAILED, IO, PACKETS, PAYLOAD, RETRANSMITS, RESETS)
+
+# Histograms (issue 11): explicit buckets at powers of two microseconds, in seconds.
+CONNECT_DURATION = MetricDef("podnet.tcp.connect.duration", "s", "Time from a connection's SYN to ESTABLISHED", True)
+RTT = MetricDef("podnet.tcp.rtt", "s", "The kernel's smoothed RTT of a connection", True)
+HISTOGRAM_METRICS = (CONNECT_DURATION, RTT)
+HIST_BOUNDS_S: tuple[float, ...] = tuple(us / 1e6 for us in HIST_BOUNDS_US)
 
 H_PODS = MetricDef("podnet.agent.pods", "{pod}", "Pods this agent tracks", False, gauge=True)
 H_ENTRIES = MetricDef("podnet.agent.map.entries", "{entry}", "BPF map entries in use", False, gauge=True)
@@ -86,6 +93,14 @@ def pod_series(c: Counters) -> Iterator[tuple[MetricDef, Attrs, int]]:
     yield RETRANSMITS, (), c.retransmits
     yield RESETS, ((io, "transmit"),), c.resets_tx
     yield RESETS, ((io, "receive"),), c.resets_rx
+
+
+def pod_histograms(c: Counters) -> Iterator[tuple[MetricDef, Attrs, Histogram]]:
+    d = "podnet.direction"
+    yield CONNECT_DURATION, ((d, "outbound"),), c.connect_out
+    yield CONNECT_DURATION, ((d, "inbound"),), c.connect_in
+    yield RTT, ((d, "outbound"),), c.rtt_out
+    yield RTT, ((d, "inbound"),), c.rtt_in
 
 
 def health_series(h: Health, export_failures: int) -> Iterator[tuple[MetricDef, Attrs, float]]:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from ..inventory import PodInfo
-from ..samples import PodSample, Snapshot
+from ..samples import Histogram, PodSample, Snapshot
 
 
 def pod_label(sample: PodSample, pods: Mapping[str, PodInfo]) -> str:
@@ -19,8 +19,17 @@ def pod_label(sample: PodSample, pods: Mapping[str, PodInfo]) -> str:
 
 HEADER = (
     f"{'POD':<32} {'OPEN out/in':>13} {'CLOSED out/in':>13} {'ACTIVE out/in':>13} {'FAILED':>7} "
-    f"{'TX bytes':>12} {'RX bytes':>12} {'TX pkts':>9} {'RX pkts':>9} {'TX payload':>12} {'RX payload':>12}"
+    f"{'TX bytes':>12} {'RX bytes':>12} {'TX pkts':>9} {'RX pkts':>9} {'TX payload':>12} {'RX payload':>12} "
+    f"{'CONNECT ms p50/p99':>19} {'RTT ms p50/p99':>15}"
 )
+
+
+def percentiles(h: Histogram) -> str:
+    """p50/p99 in milliseconds, each the upper bound of its power-of-two bucket."""
+    p50, p99 = h.quantile(0.5), h.quantile(0.99)
+    if p50 is None or p99 is None:
+        return "-"
+    return f"{p50 * 1e3:.3g}/{p99 * 1e3:.3g}"
 
 
 def format_row(label: str, s: PodSample) -> str:
@@ -30,7 +39,8 @@ def format_row(label: str, s: PodSample) -> str:
         f"{f'{c.active_out}/{c.active_in}':>13} {sum(c.failed.values()):>7} "
         f"{c.bytes_tx_tcp + c.bytes_tx_udp:>12} {c.bytes_rx_tcp + c.bytes_rx_udp:>12} "
         f"{c.packets_tx_tcp + c.packets_tx_udp:>9} {c.packets_rx_tcp + c.packets_rx_udp:>9} "
-        f"{c.payload_tx:>12} {c.payload_rx:>12}"
+        f"{c.payload_tx:>12} {c.payload_rx:>12} "
+        f"{percentiles(c.connect_out + c.connect_in):>19} {percentiles(c.rtt_out + c.rtt_in):>15}"
     )
 
 

@@ -29,6 +29,8 @@ from urllib.parse import urlparse
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Gauge,
+    Histogram,
+    HistogramDataPoint,
     Metric,
     MetricExporter,
     MetricExportResult,
@@ -45,8 +47,19 @@ from .. import __version__
 from ..inventory import PodInfo
 from ..log import RateLimited
 from ..resources import env_attributes, node_attributes, pod_attributes
+from ..samples import Histogram as KernelHistogram
 from ..samples import PodSample, Snapshot
-from ..series import HEALTH_METRICS, POD_METRICS, Attrs, MetricDef, health_series, pod_series
+from ..series import (
+    HEALTH_METRICS,
+    HIST_BOUNDS_S,
+    HISTOGRAM_METRICS,
+    POD_METRICS,
+    Attrs,
+    MetricDef,
+    health_series,
+    pod_histograms,
+    pod_series,
+)
 from ..settings import ConfigError
 from . import ExportStats
 
@@ -134,6 +147,7 @@ class OtlpExporter:
         self._start_ns = time.time_ns()
         self._last_ok_ns = self._start_ns
         self._last: dict[SeriesKey, float] = {}
+        self._last_hist: dict[SeriesKey, KernelHistogram] = {}
         self._unsent_finals: dict[str, tuple[PodSample, PodInfo | None]] = {}
         self._max_unsent_finals = max_unsent_finals
         self.finals_dropped = 0
@@ -199,7 +213,7 @@ class OtlpExporter:
                 samples.append(s)
                 if info is not None:
                     pods.setdefault(uid, info)
-        data, values = self.build(samples, snapshot, pods, now_ns)
+        data, values, hists = self.build(samples, snapshot, pods, now_ns)
         try:
             result = self._sdk.export(data)
         except Exception as exc:  # a broken exporter must not stop the agent
@@ -211,6 +225,7 @@ class OtlpExporter:
             # pods whose final this was leave nothing behind.
             finals = {s.uid for s in samples if s.final and s.uid}
             self._last = {k: v for k, v in values.items() if k[0] not in finals}
+            self._last_hist = {k: v for k, v in hists.items() if k[0] not in finals}
             self._last_ok_ns = now_ns
             for uid in finals:
                 self._unsent_finals.pop(uid, None)
@@ -225,20 +240,23 @@ class OtlpExporter:
 
     def build(
         self, samples: list[PodSample], snapshot: Snapshot, pods: Mapping[str, PodInfo], now_ns: int
-    ) -> tuple[MetricsData, dict[SeriesKey, float]]:
+    ) -> tuple[MetricsData, dict[SeriesKey, float], dict[SeriesKey, KernelHistogram]]:
         values: dict[SeriesKey, float] = {}
+        hists: dict[SeriesKey, KernelHistogram] = {}
         resource_metrics = []
         for s in samples:
             if s.uid is None:
                 attrs = node_attributes(self._node, self._extra)
                 points = list(pod_series(s.counters))
                 metrics = self._metrics(None, POD_METRICS, points, now_ns, values)
+                metrics += self._histograms(None, s, now_ns, hists)
                 metrics += self._metrics(
                     None, HEALTH_METRICS, list(health_series(snapshot.health, self._stats.failures)), now_ns, values
                 )
             else:
                 attrs = pod_attributes(s.uid, pods.get(s.uid), self._node, self._extra)
                 metrics = self._metrics(s.uid, POD_METRICS, list(pod_series(s.counters)), now_ns, values)
+                metrics += self._histograms(s.uid, s, now_ns, hists)
             resource_metrics.append(
                 ResourceMetrics(
                     resource=Resource(attrs),
@@ -246,7 +264,47 @@ class OtlpExporter:
                     schema_url="",
                 )
             )
-        return MetricsData(resource_metrics=resource_metrics), values
+        return MetricsData(resource_metrics=resource_metrics), values, hists
+
+    def _histograms(
+        self, owner: str | None, s: PodSample, now_ns: int, hists: dict[SeriesKey, KernelHistogram]
+    ) -> list[Metric]:
+        """The latency histograms, as the SDK would emit an explicit-bucket Histogram: the
+        kernel's buckets are the OTLP buckets (upper bounds inclusive), count and sum exact.
+        min and max are not known: None, which the encoder leaves unset (they are optional
+        in OTLP), rather than a made-up value."""
+        by_metric: dict[str, list[HistogramDataPoint]] = {}
+        temporality = AggregationTemporality.DELTA if self._delta else AggregationTemporality.CUMULATIVE
+        for d, attrs, h in pod_histograms(s.counters):
+            key: SeriesKey = (owner, d.name, attrs)
+            hists[key] = h
+            start = self._start_ns
+            if self._delta:
+                start = self._last_ok_ns
+                h = h - self._last_hist.get(key, KernelHistogram())
+            by_metric.setdefault(d.name, []).append(
+                HistogramDataPoint(
+                    attributes=dict(attrs),
+                    start_time_unix_nano=start,
+                    time_unix_nano=now_ns,
+                    count=h.count,
+                    sum=h.sum_seconds,
+                    bucket_counts=list(h.buckets),
+                    explicit_bounds=list(HIST_BOUNDS_S),
+                    min=None,  # type: ignore[arg-type]
+                    max=None,  # type: ignore[arg-type]
+                )
+            )
+        return [
+            Metric(
+                name=d.name,
+                description=d.description,
+                unit=d.unit,
+                data=Histogram(data_points=by_metric[d.name], aggregation_temporality=temporality),
+            )
+            for d in HISTOGRAM_METRICS
+            if d.name in by_metric
+        ]
 
     def _metrics(
         self,

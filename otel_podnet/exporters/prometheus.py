@@ -15,13 +15,24 @@ from logging import getLogger
 from typing import Any
 
 from prometheus_client import start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from ..inventory import PodInfo
 from ..resources import env_attributes, node_attributes, pod_attributes
-from ..samples import Snapshot
-from ..series import HEALTH_METRICS, POD_METRICS, Attrs, MetricDef, health_series, pod_series
+from ..samples import Histogram, Snapshot
+from ..series import (
+    HEALTH_METRICS,
+    HIST_BOUNDS_S,
+    HISTOGRAM_METRICS,
+    POD_METRICS,
+    Attrs,
+    MetricDef,
+    health_series,
+    pod_histograms,
+    pod_series,
+)
 from . import ExportStats
 
 _logger = getLogger(__name__)
@@ -58,6 +69,7 @@ class _SnapshotCollector(Collector):
             return
         snapshot, pods = latest
         rows: list[tuple[MetricDef, dict[str, str], float]] = []
+        hist_rows: list[tuple[MetricDef, dict[str, str], Histogram]] = []
         for s in snapshot.samples:
             if s.uid is None:
                 res = node_attributes(self._node, self._extra)
@@ -66,6 +78,7 @@ class _SnapshotCollector(Collector):
             else:
                 res = pod_attributes(s.uid, pods.get(s.uid), self._node, self._extra)
                 rows += [(d, _labels(res, a), v) for d, a, v in pod_series(s.counters)]
+            hist_rows += [(d, _labels(res, a), h) for d, a, h in pod_histograms(s.counters)]
         by_metric: dict[str, list[tuple[dict[str, str], float]]] = {}
         for md, labels, v in rows:
             by_metric.setdefault(md.name, []).append((labels, v))
@@ -81,6 +94,29 @@ class _SnapshotCollector(Collector):
             for labels, v in mine:
                 fam.add_sample(fam.name + ("_total" if d.monotonic else ""), labels, v)
             yield fam
+        yield from _histogram_families(hist_rows)
+
+
+_LE = [floatToGoString(b) for b in HIST_BOUNDS_S] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+
+def _histogram_families(rows: list[tuple[MetricDef, dict[str, str], Histogram]]) -> Iterator[Metric]:
+    """Classic Prometheus histograms, as the OpenTelemetry conversion makes them from an
+    explicit-bucket Histogram: ``<name>_bucket{le=...}`` cumulative over the buckets,
+    ``_sum`` in seconds and ``_count``."""
+    for d in HISTOGRAM_METRICS:
+        mine = [(labels, h) for md, labels, h in rows if md.name == d.name]
+        if not mine:
+            continue
+        fam = Metric(prom_name(d), d.description, "histogram")
+        for labels, h in mine:
+            acc = 0
+            for le, n in zip(_LE, h.buckets, strict=True):
+                acc += n
+                fam.add_sample(fam.name + "_bucket", {**labels, "le": le}, acc)
+            fam.add_sample(fam.name + "_count", labels, acc)
+            fam.add_sample(fam.name + "_sum", labels, h.sum_seconds)
+        yield fam
 
 
 def _labels(resource: Mapping[str, str], attrs: Attrs) -> dict[str, str]:

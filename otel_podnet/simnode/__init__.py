@@ -217,6 +217,37 @@ class SimNode:
         for ip4, _ip6, mac in hosts[:-1]:
             sh("ip", "-n", self.node_ns, "neigh", "replace", ip4, "lladdr", mac, "dev", "br0", "nud", "permanent")
 
+    def delay_link(self, pod: SimPod, seconds: float, lifetime: float = 600.0) -> subprocess.Popen[str]:
+        """Put a delay line between a pod and the bridge: every frame the pod sends waits
+        ``seconds`` before it reaches the bridge (so its SYN-ACKs, replies and ACKs arrive
+        late); frames to the pod pass at once. The pod's veth peer moves into a relay
+        namespace of its own, a new veth joins that namespace to the bridge, and
+        ``otel_podnet.simnode.delay`` copies frames between the two. Call before
+        :meth:`static_neighbors`."""
+        if pod.host_network or not pod.host_iface:
+            raise ValueError(f"{pod.name}: only a pod with its own veth can be delayed")
+        self._hosts += 1
+        n = self._hosts
+        ns = f"pn{self.tag}-d{n}"
+        self._mknetns(ns)
+        for conf in ("all", "default"):  # no addresses, no IPv6 chatter: a plain wire
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
+        pod_side = pod.host_iface
+        bridge_port = f"veth{self.tag}d{n}"
+        sh("ip", "-n", self.node_ns, "link", "set", pod_side, "nomaster")
+        sh("ip", "-n", self.node_ns, "link", "set", pod_side, "netns", ns)
+        sh("ip", "-n", self.node_ns, "link", "add", bridge_port, "type", "veth", "peer", "name", "up0", "netns", ns)
+        sh("ip", "-n", self.node_ns, "link", "set", bridge_port, "multicast", "off")
+        sh("ip", "-n", self.node_ns, "link", "set", bridge_port, "master", "br0", "up")
+        for dev in (pod_side, "up0"):
+            sh("ip", "-n", ns, "link", "set", dev, "multicast", "off", "up")
+        pod.host_iface = bridge_port
+        argv = [sys.executable, "-m", "otel_podnet.simnode.delay", "--a", pod_side, "--b", "up0"]
+        argv += ["--delayed", pod_side, "--delay", str(seconds), "--lifetime", str(lifetime)]
+        relay = self._spawn_in(ns, self.node_cgroup, argv)
+        self.wait_ready(relay)
+        return relay
+
     def set_offloads(self, pod: SimPod, on: bool) -> None:
         v = "on" if on else "off"
         for ns, dev in ((pod.netns, pod.iface), (self.node_ns, pod.host_iface)):
@@ -231,6 +262,9 @@ class SimNode:
         """Run argv in the pod's network namespace and cgroup (None: a node process)."""
         netns = pod.netns if pod else self.node_ns
         cgroup = (pod.cgroup if pod else self.node_cgroup) or self.node_cgroup
+        return self._spawn_in(netns, cgroup, argv, stdin)
+
+    def _spawn_in(self, netns: str, cgroup: Path, argv: Sequence[str], stdin: bool = False) -> subprocess.Popen[str]:
         procs_file = str(cgroup / "cgroup.procs")
 
         def _enter() -> None:

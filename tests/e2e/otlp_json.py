@@ -24,7 +24,9 @@ def attrs(items: list[dict[str, Any]] | None) -> dict[str, Any]:
 def requests(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    # the Collector may be writing the last line right now: only complete lines count
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
 def resource_points(rm: dict[str, Any]) -> dict[Point, float]:

@@ -179,7 +179,10 @@ def test_collector_down_then_back_exact(otelcol: Path, node: SimNode, tmp_path: 
         ag = ag_ctx.__enter__()
         exchange(node, a, b, 7300, n=5, up=10_000, down=500)
         wait_for(
-            lambda: pod_points(last_request(col.file)).get(a.uid, ({}, {}))[1].get(PAYLOAD_TX) == 50_000,
+            lambda: (
+                bool(otlp_json.requests(col.file))
+                and pod_points(last_request(col.file)).get(a.uid, ({}, {}))[1].get(PAYLOAD_TX) == 50_000
+            ),
             what="first figures",
         )
     try:

@@ -49,7 +49,7 @@ class Runner:
         before = self._mine()
         assert prog_test_run(self.dp.prog_fd(prog), frame) == 1  # never dropped
         after = self._mine()
-        return Counters(*(x - y for x, y in zip(after.values(), before.values(), strict=True)))
+        return Counters.from_values(x - y for x, y in zip(after.values(), before.values(), strict=True))
 
     def _mine(self) -> Counters:
         """The counters of the slot the kernel gave this process's cgroup."""
