@@ -88,3 +88,10 @@ def test_alerts_say_which_pod_and_have_a_runbook() -> None:
         anchor = a["alert"].lower()
         assert ann["runbook_url"] == f"README.md#{anchor}"
         assert anchor in headings, f"README.md has no runbook section '{a['alert']}'"
+
+
+def test_the_chart_ships_the_same_files() -> None:
+    """The Helm chart can only read files inside it: its copies must be these files."""
+    chart_files = REPO / "deploy" / "helm" / "otel-podnet" / "files"
+    assert (chart_files / "otel-podnet-rules.yaml").read_bytes() == RULES.read_bytes()
+    assert (chart_files / "otel-podnet.json").read_bytes() == (REPO / "deploy/dashboards/otel-podnet.json").read_bytes()
