@@ -326,6 +326,8 @@ def run(source: Source, once: bool, title: str, out: IO[str] | None = None) -> i
             stamp = time.strftime("%H:%M:%S")
             head = f"otel-podnet top: {title}, {len(table)} pods, {stamp} (Ctrl-C to quit)\n\n"
             body = render(table, human=True, limit=max(1, size.lines - 4) if tty else None)
+            if tty:  # like top: what does not fit the terminal's width is cut, not wrapped
+                body = "".join(ln[: size.columns] + "\n" for ln in body.splitlines())
             out.write((_HOME_CLEAR if tty else "") + head + body + ("" if tty else "\n"))
             out.flush()
     except KeyboardInterrupt:
