@@ -3,10 +3,10 @@
 
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
-APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 openssl ca-certificates
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 openssl ca-certificates prometheus tmux
 PYTEST_ARGS ?=
 
-.PHONY: setup apt pip bpf demo test unit kernel e2e e2e-tools lint bench clean
+.PHONY: setup apt stop-packaged-prometheus pip bpf demo test unit kernel e2e e2e-tools lint bench clean
 
 setup: apt pip bpf
 
@@ -15,7 +15,15 @@ apt:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		case " $$(echo $$missing) " in *" prometheus "*) $(MAKE) --no-print-directory stop-packaged-prometheus;; esac; \
 	fi
+
+# Debian's prometheus package starts its own service on install (systemd or sysvinit): the
+# tests only need the binaries (promtool, and prometheus on a port of their own), so a
+# service that this install started is stopped and disabled again.
+stop-packaged-prometheus:
+	@if [ -d /run/systemd/system ]; then systemctl disable --now prometheus.service >/dev/null 2>&1 || true; \
+	elif [ -x /etc/init.d/prometheus ]; then /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi
 
 pip:
 	$(PIP) install -q --disable-pip-version-check -e '.[test]'

@@ -1,4 +1,4 @@
-"""The ``otel-podnet`` command: run, demo, check, version."""
+"""The ``otel-podnet`` command: run, demo, check, version, top."""
 
 from __future__ import annotations
 
@@ -60,6 +60,23 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="preflight: is this node ready?")
     check.add_argument("--cgroup-root", help="cgroup v2 mount (default: from /proc/self/mountinfo)")
     sub.add_parser("version", help="version, libbpf version, BPF object build id")
+    top = sub.add_parser(
+        "top",
+        help="this node's pods sorted by traffic, live",
+        description="This node's pods sorted by traffic (bytes/s in and out, connections/s, failures/s, active), "
+        "from a running agent's /metrics (--from) or from a datapath of its own (root).",
+    )
+    top.add_argument("--from", dest="from_address", metavar="HOST:PORT", help="a running agent's /metrics address")
+    top.add_argument("--once", action="store_true", help="print one table with exact figures and exit")
+    top.add_argument(
+        "--interval",
+        default="2",
+        help="seconds between readings of the own datapath (default 2); with --from, the agent's interval",
+    )
+    top.add_argument("--pods-file", help="without --from: pods (kubectl get pods -o yaml) to name the pods")
+    top.add_argument("--cgroup-root", help="without --from: cgroup v2 mount (default: from /proc/self/mountinfo)")
+    top.add_argument("--node-name", help="without --from: this node's name, for --pods-file (default: the host name)")
+    top.add_argument("--log-level", default="warning")
     return p
 
 
@@ -96,6 +113,31 @@ def _version() -> int:
     return EXIT_OK
 
 
+def _top(a: argparse.Namespace) -> int:
+    from .settings import parse_address, parse_interval
+    from .top import main as top_main
+
+    try:
+        address = parse_address(a.from_address, "--from") if a.from_address else None
+        interval = parse_interval(a.interval, {})
+        if a.pods_file is not None and not Path(a.pods_file).is_file():
+            raise ConfigError(f"--pods-file {a.pods_file!r}: expected an existing PodList file")
+        if a.cgroup_root is not None and not Path(a.cgroup_root).is_dir():
+            raise ConfigError(f"--cgroup-root {a.cgroup_root!r}: expected the cgroup v2 mount directory")
+    except ConfigError as exc:
+        print(f"otel-podnet: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    podnet_log.setup(a.log_level)
+    return top_main(
+        address,
+        a.once,
+        interval,
+        Path(a.cgroup_root) if a.cgroup_root else None,
+        Path(a.pods_file) if a.pods_file else None,
+        a.node_name,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     if a.command == "version":
@@ -105,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         podnet_log.setup("warning")
         return check_main(cgroup_root=Path(a.cgroup_root) if a.cgroup_root else None)
+    if a.command == "top":
+        return _top(a)
     if a.command == "demo":
         from .demo import main as demo_main
 

@@ -65,11 +65,15 @@ class SimPod:
 
 
 class SimNode:
-    def __init__(self, cgroup_root: Path, name: str = "sim-node") -> None:
+    def __init__(self, cgroup_root: Path, name: str = "sim-node", net: int | None = None) -> None:
+        """``net``: the third octet of the node's 198.18.0.0/16 subnet (default: random in
+        20..219). A test that needs its pods' IPs unique on a shared machine, where another
+        simulated node's non-pod sockets with the same IPs would be attributed to its pods
+        by IP, picks one outside that range."""
         self.cgroup_root = cgroup_root
         self.name = name
         self.tag = secrets.token_hex(3)
-        self.net = secrets.randbelow(200) + 20
+        self.net = secrets.randbelow(200) + 20 if net is None else net
         self.node_ns = f"pn{self.tag}-node"
         self.node_ip4 = NET4.format(n=self.net, h=1)
         self.node_ip6 = NET6.format(n=self.net, h=1)

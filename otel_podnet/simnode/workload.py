@@ -39,6 +39,14 @@ def _listen(a: argparse.Namespace) -> socket.socket:
     return srv
 
 
+def _pace(a: argparse.Namespace, start: float, i: int) -> None:
+    """With --pace S, attempt i starts S*i seconds after the first (a steady rate of 1/S)."""
+    if a.pace:
+        delay = start + i * a.pace - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
 def tcp_server(a: argparse.Namespace) -> dict[str, int]:
     srv = _listen(a)
     totals = {"accepted": 0, "received": 0, "sent": 0}
@@ -74,7 +82,9 @@ def tcp_server(a: argparse.Namespace) -> dict[str, int]:
 def tcp_client(a: argparse.Namespace) -> dict[str, int]:
     totals = {"connected": 0, "sent": 0, "received": 0}
     payload = b"s" * a.send
-    for _ in range(a.count):
+    start = time.monotonic()
+    for i in range(a.count):
+        _pace(a, start, i)
         c = socket.create_connection((a.addr, a.port), timeout=30)
         totals["connected"] += 1
         if payload:
@@ -93,7 +103,9 @@ def tcp_client(a: argparse.Namespace) -> dict[str, int]:
 
 def connect_fail(a: argparse.Namespace) -> dict[str, int]:
     out: dict[str, int] = {}
-    for _ in range(a.count):
+    start = time.monotonic()
+    for i in range(a.count):
+        _pace(a, start, i)
         s = socket.socket(_family(a.addr), socket.SOCK_STREAM)
         try:
             s.connect((a.addr, a.port))
@@ -192,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--send", type=int, default=0)
     p.add_argument("--recv", type=int, default=0)
     p.add_argument("--size", type=int, default=512)
+    p.add_argument("--pace", type=float, default=0.0, help="tcp-client, connect-fail: seconds between attempts")
     a = p.parse_args(argv)
     print(json.dumps(MODES[a.mode](a)), flush=True)
     return 0

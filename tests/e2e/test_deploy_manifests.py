@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -49,6 +51,12 @@ def _manifest() -> list[Obj]:
 
 
 def _helm(api: ApiServer, *args: str) -> str:
+    proc = _helm_run(api, *args)
+    assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _helm_run(api: ApiServer, *args: str) -> subprocess.CompletedProcess[str]:
     home = api.workdir / "helm-home"
     env = {
         **os.environ,
@@ -56,9 +64,7 @@ def _helm(api: ApiServer, *args: str) -> str:
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_DATA_HOME": str(home / "data"),
     }
-    proc = subprocess.run([str(api.helm_path), *args], capture_output=True, text=True, env=env, check=False)
-    assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return subprocess.run([str(api.helm_path), *args], capture_output=True, text=True, env=env, check=False)
 
 
 def _render_chart(api: ApiServer, *set_values: str) -> list[Obj]:
@@ -340,3 +346,107 @@ def test_agent_service_account_rbac(api: ApiServer, workload: Obj, source: str) 
     kubeconfig = api.kubeconfig_for_token(token)
     listed = api.kubectl("get", "pods", "-A", "-o", "name", kubeconfig=kubeconfig).stdout
     assert "pod/app-0" in listed
+
+
+# --------------------------------------------------------------------------
+# Prometheus Operator objects and the Grafana dashboard (off by default)
+# --------------------------------------------------------------------------
+
+RULES = REPO / "deploy" / "prometheus" / "otel-podnet-rules.yaml"
+DASHBOARD = REPO / "deploy" / "dashboards" / "otel-podnet.json"
+MONITORING = (
+    "prometheus.enabled=true",
+    "podMonitor.enabled=true",
+    "serviceMonitor.enabled=true",
+    "prometheusRule.enabled=true",
+    "grafanaDashboard.enabled=true",
+)
+# CRDs of the Prometheus Operator: not on this apiserver, so checked here field by field.
+OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+# monitoring.coreos.com/v1 fields the chart may use (a subset of the CRDs' schemas)
+MONITOR_SPEC = {"jobLabel", "selector", "namespaceSelector", "podMetricsEndpoints", "endpoints"}
+ENDPOINT = {"port", "path", "interval", "relabelings"}
+RELABEL = {"sourceLabels", "targetLabel", "regex", "replacement", "action", "separator"}
+
+
+def test_chart_monitoring_off_by_default(api: ApiServer) -> None:
+    kinds = sorted(o["kind"] for o in _render_chart(api))
+    assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"])
+
+
+def test_chart_monitoring_server_dry_run(api: ApiServer) -> None:
+    _ensure_namespace(api, CHART_NS)
+    objs = _render_chart(api, *MONITORING)
+    assert {o["kind"] for o in objs} >= OPERATOR_KINDS | {"Service", "ConfigMap"}
+    # what the options add or change (the RBAC tests create the ServiceAccount for real)
+    results = _dry_run_all(api, [o for o in objs if o["kind"] in {"Service", "ConfigMap", "DaemonSet"}])
+    _check_agent_pod_spec(_by_kind(results, "DaemonSet")["spec"]["template"]["spec"])
+    cm = _by_kind(results, "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["otel-podnet.json"]) == json.loads(DASHBOARD.read_text())
+    svc = _by_kind(results, "Service")
+    assert svc["spec"]["clusterIP"] == "None"
+
+
+def test_chart_monitoring_needs_the_metrics_port(api: ApiServer) -> None:
+    for kind in ("podMonitor", "serviceMonitor"):
+        proc = _helm_run(api, "template", CHART_RELEASE, str(CHART), "--set", f"{kind}.enabled=true")
+        assert proc.returncode != 0
+        assert f"{kind}.enabled needs prometheus.enabled=true" in proc.stderr
+
+
+def test_chart_prometheus_rule_is_the_checked_rules_file(api: ApiServer, tmp_path: Path) -> None:
+    """The PrometheusRule carries deploy/prometheus/otel-podnet-rules.yaml verbatim: the file
+    promtool checks and unit-tests (tests/unit/test_prometheus_rules.py)."""
+    assert (CHART / "files" / "otel-podnet-rules.yaml").read_bytes() == RULES.read_bytes()
+    assert (CHART / "files" / "otel-podnet.json").read_bytes() == DASHBOARD.read_bytes()
+    rule = _by_kind(_render_chart(api, *MONITORING), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == CHART_NS
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    rendered = tmp_path / "rendered-rules.yaml"
+    rendered.write_text(yaml.safe_dump(rule["spec"]))
+    r = subprocess.run([promtool, "check", "rules", str(rendered)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    n = sum(len(g["rules"]) for g in rule["spec"]["groups"])
+    assert f"SUCCESS: {n} rules found" in r.stdout
+
+
+def _check_endpoints(endpoints: list[Obj]) -> None:
+    [ep] = endpoints
+    assert set(ep) <= ENDPOINT and ep["port"] == "metrics" and ep["path"] == "/metrics"
+    assert re.fullmatch(r"\d+[smh]", ep["interval"])
+    for r in ep["relabelings"]:
+        assert set(r) <= RELABEL
+    assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"} in ep["relabelings"]
+
+
+def test_chart_monitors_select_the_agents(api: ApiServer) -> None:
+    objs = _render_chart(api, *MONITORING)
+    ds = _by_kind(objs, "DaemonSet")
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    [container] = ds["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == 9464
+    assert "--prometheus-address=0.0.0.0:9464" in container["args"]
+
+    pm = _by_kind(objs, "PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1" and set(pm["spec"]) <= MONITOR_SPEC
+    assert pm["spec"]["selector"]["matchLabels"] == ds["spec"]["selector"]["matchLabels"]
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": [CHART_NS]}
+    # job="otel-podnet", which PodnetAgentDown watches
+    assert pod_labels[pm["spec"]["jobLabel"]] == "otel-podnet"
+    _check_endpoints(pm["spec"]["podMetricsEndpoints"])
+
+    svc, sm = _by_kind(objs, "Service"), _by_kind(objs, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and set(sm["spec"]) <= MONITOR_SPEC
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [CHART_NS]}
+    assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == "otel-podnet"
+    [port] = svc["spec"]["ports"]
+    assert port["name"] == "metrics" and port["targetPort"] == "metrics"
+    _check_endpoints(sm["spec"]["endpoints"])
