@@ -422,6 +422,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 			__u16 lport = sk->src_port, rport = bpf_ntohs(sk->dst_port);
 			bool in = guess_inbound(lport, rport);
 
+			st->open_slot = slot;
 			__sync_fetch_and_or(&st->flags, PODNET_SK_ESTABLISHED |
 						(in ? PODNET_SK_INBOUND : 0));
 			c = slot_counters(slot);
@@ -582,16 +583,25 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 
 		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
 			return 0;
+		if (!(st->flags & PODNET_SK_ESTABLISHED))
+			st->open_slot = st->slot;	/* before the flag that makes it valid */
 		old = __sync_fetch_and_or(&st->flags, PODNET_SK_ESTABLISHED |
 					  (in ? PODNET_SK_INBOUND : 0));
 		if (!(old & PODNET_SK_ESTABLISHED))
 			__sync_fetch_and_add(&c->opened[in ? PODNET_INBOUND : PODNET_OUTBOUND], 1);
 	} else if (oldstate == TCP_ESTABLISHED) {
-		/* Only connections we counted as active end here: active never goes below 0. */
+		/*
+		 * Only connections we counted as active end here, and in the slot that counted
+		 * them (the socket may resolve elsewhere since): active never goes below 0.
+		 */
 		old = __sync_fetch_and_and(&st->flags, ~(PODNET_SK_ESTABLISHED | PODNET_SK_INBOUND));
-		if (old & PODNET_SK_ESTABLISHED)
-			__sync_fetch_and_add(&c->closed[(old & PODNET_SK_INBOUND) ?
-							PODNET_INBOUND : PODNET_OUTBOUND], 1);
+		if (old & PODNET_SK_ESTABLISHED) {
+			struct podnet_counters *oc = slot_counters(st->open_slot);
+
+			if (oc)
+				__sync_fetch_and_add(&oc->closed[(old & PODNET_SK_INBOUND) ?
+								 PODNET_INBOUND : PODNET_OUTBOUND], 1);
+		}
 	} else if (oldstate == TCP_SYN_SENT) {
 		/* SYN_SENT -> CLOSE: the kernel sets sk_err before it closes the socket. */
 		__sync_fetch_and_add(&c->failed[fail_reason(BPF_CORE_READ(sk, sk_err))], 1);

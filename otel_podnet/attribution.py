@@ -6,7 +6,10 @@ cgroup keeps its slot, any other cgroup is remapped to the node slot and its slo
 Pods with IPs also get one slot for the kernel's IP fallback. A slot is retired one round
 after it was unmapped (so sockets have re-resolved), its last figures are carried into its
 owner's running total, and it goes back to the free queue zeroed. Totals are therefore
-``carried + live slots``: they never go backwards when a map entry is recreated.
+``carried + live slots``: they never go backwards when a map entry is recreated. A
+connection's close is counted in the slot that counted it opened (the kernel keeps that slot
+in the socket's storage), so a slot still holding open connections is retired only once
+they have closed: reused earlier, their closes would land on another owner.
 """
 
 from __future__ import annotations
@@ -197,6 +200,9 @@ class Attributor:
                 keep.append(r)
                 continue
             last = self._maps.read_slot(r.slot)
+            if last.active_out or last.active_in:
+                keep.append(r)  # its open connections will still close here
+                continue
             self._carried[r.owner] = self._carried.get(r.owner, Counters()) + last
             self._maps.zero_slot(r.slot)
             self._give_back(r.slot)

@@ -155,3 +155,26 @@ def test_an_ip_claimed_twice_goes_to_the_live_pod(tmp_path: Path) -> None:
     for order in ({"z-old": old, "a-new": new}, {"a-new": new, "z-old": old}):
         att.sync(order)
         assert maps.ips["10.0.0.7"] == att._ip_slot["a-new"]
+
+
+def test_a_slot_is_retired_only_once_its_connections_have_closed(tmp_path: Path) -> None:
+    """The kernel counts a close in the slot that counted the connection opened; a slot
+    freed while it still holds open connections would receive them under a new owner."""
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    (tmp_path / "session.scope").mkdir()
+    cgid = (tmp_path / "session.scope").stat().st_ino
+    slot = maps.kernel_sees(cgid)
+    maps.count(slot, opened_out=2, adopted_in=1, closed_out=1)
+    att.sync({})  # not a pod: remapped to the node, its slot retiring
+    att.sync({})
+    att.sync({})
+    assert slot not in maps.free and maps.read_slot(slot).opened_out == 2
+    assert (att.snapshot({})[0].counters.active_out, att.snapshot({})[0].counters.active_in) == (1, 1)
+    maps.count(slot, closed_out=1, closed_in=1)  # the last two close where they opened
+    att.sync({})
+    assert slot in maps.free and slot not in maps.stats
+    node = att.snapshot({})[0].counters
+    assert (node.opened_out, node.adopted_in, node.closed_out, node.closed_in) == (2, 1, 2, 1)
+    assert (node.active_out, node.active_in) == (0, 0)
