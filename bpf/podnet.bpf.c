@@ -21,6 +21,10 @@
  * - Bytes and packets are counted as on the wire: a GSO/GRO skb of n segments counts n
  *   packets and n copies of its IP+L4 headers. TCP payload is the skb minus its headers.
  * - The programs never drop: cgroup_skb always returns 1.
+ * - Loopback is not network traffic: packets on lo (127.0.0.1, ::1, or a connection to an
+ *   address of the socket's own namespace, which the kernel also routes over lo) are
+ *   skipped by their ifindex before anything else; the tracepoints skip sockets whose
+ *   route leaves through lo, so such connections are never opened, closed or failed.
  */
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -60,6 +64,7 @@ static __always_inline bool rcv_nxt_valid(__u32 state)
 #define EHOSTUNREACH	113
 
 #define SK_PASS		1
+#define LOOPBACK_IFINDEX	1	/* lo has this index in every network namespace */
 
 const volatile struct podnet_config podnet_cfg = {
 	.ephemeral_lo = 32768,
@@ -386,7 +391,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 	struct pkt_info pi;
 	__u32 slot, state;
 
-	if (!sk)
+	if (!sk || skb->ifindex == LOOPBACK_IFINDEX)
 		return SK_PASS;
 	if (!parse(skb, &pi))
 		return SK_PASS;
@@ -497,6 +502,34 @@ static __always_inline void sk_local_ip(const struct sock *sk, struct podnet_ip_
 		BPF_CORE_READ_INTO(key->addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 }
 
+/*
+ * A connection over lo: its route's device, and without a route (not set yet, or reset)
+ * its addresses: a loopback peer, or the socket's own address.
+ */
+static __always_inline bool sk_on_loopback(const struct sock *sk)
+{
+	struct dst_entry *dst = BPF_CORE_READ(sk, sk_dst_cache);
+	__u8 d[16], s[16];
+
+	if (dst)
+		return BPF_CORE_READ(dst, dev, ifindex) == LOOPBACK_IFINDEX;
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET) {
+		__be32 da = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		return (bpf_ntohl(da) >> 24) == 127 || da == BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+	}
+	BPF_CORE_READ_INTO(&d, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	BPF_CORE_READ_INTO(&s, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	if (__builtin_memcmp(d, s, 16) == 0)
+		return true;
+	for (int i = 0; i < 10; i++)
+		if (d[i])
+			return false;
+	if (d[10] == 0xff && d[11] == 0xff)	/* ::ffff:127.0.0.0/104 */
+		return d[12] == 127;
+	return !d[10] && !d[11] && !d[12] && !d[13] && !d[14] && d[15] == 1;	/* ::1 */
+}
+
 /* Socket storage for a full socket, resolved; NULL if none can be had. */
 static __always_inline struct podnet_sock *sk_state(const struct sock *sk)
 {
@@ -564,7 +597,7 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 	/* Early exit for the transitions we do not count (or read rcv_nxt at: the close). */
 	if (newstate != TCP_ESTABLISHED && oldstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
 		return 0;
-	if (podnet_sk_protocol(sk) != IPPROTO_TCP)
+	if (podnet_sk_protocol(sk) != IPPROTO_TCP || sk_on_loopback(sk))
 		return 0;
 	c = sk_counters(sk, &st);
 	if (!c)
@@ -612,10 +645,13 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(podnet_retrans, const struct sock *sk, const struct sk_buff *skb)
 {
-	struct podnet_counters *c = sk_counters(sk, NULL);
+	struct podnet_counters *c;
 	struct skb_shared_info *shinfo;
 	__u32 segs;
 
+	if (sk_on_loopback(sk))
+		return 0;
+	c = sk_counters(sk, NULL);
 	if (!c)
 		return 0;
 	shinfo = (void *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
@@ -654,8 +690,13 @@ int BPF_PROG(podnet_rst_tx, const struct sock *sk, const struct sk_buff *skb)
 {
 	struct podnet_counters *c = NULL;
 
-	if (sk && sk_is_full(sk))
+	if (sk && sk_is_full(sk)) {
+		if (sk_on_loopback(sk))
+			return 0;
 		c = sk_counters(sk, NULL);
+	} else if (skb && BPF_CORE_READ(skb, skb_iif) == LOOPBACK_IFINDEX) {
+		return 0;	/* the answer to a packet that came over lo */
+	}
 	if (!c)
 		c = slot_counters(skb_owner_slot(skb));
 	if (c)
@@ -666,8 +707,11 @@ int BPF_PROG(podnet_rst_tx, const struct sock *sk, const struct sk_buff *skb)
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(podnet_rst_rx, struct sock *sk)
 {
-	struct podnet_counters *c = sk_counters(sk, NULL);
+	struct podnet_counters *c;
 
+	if (sk_on_loopback(sk))
+		return 0;
+	c = sk_counters(sk, NULL);
 	if (c)
 		__sync_fetch_and_add(&c->resets[PODNET_RX], 1);
 	return 0;
