@@ -64,6 +64,7 @@ static __always_inline bool rcv_nxt_valid(__u32 state)
 #define EHOSTUNREACH	113
 
 #define SK_PASS		1
+#define SOCK_RAW	3
 #define LOOPBACK_IFINDEX	1	/* lo has this index in every network namespace */
 
 const volatile struct podnet_config podnet_cfg = {
@@ -412,11 +413,20 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 	slot = st->slot;
 	if (!(st->flags & PODNET_SK_RESOLVED) || st->gen != podnet_gen) {
 		struct podnet_ip_key local;
-		__u32 old;
+		struct bpf_sock *full;
+		__u32 old, reply = 0;
 
 		slot = resolve(st, bpf_skb_cgroup_id(skb),
 			       skb_local_ip(skb, io, &local) ? &local : NULL);
-		old = __sync_fetch_and_or(&st->flags, PODNET_SK_RESOLVED);
+		/*
+		 * The kernel answers for sockets it has not got (a RST for a closed port) from a
+		 * raw TCP control socket shared by every namespace: marked once here, its packets
+		 * then go by their source address below.
+		 */
+		full = bpf_sk_fullsock(sk);
+		if (full && full->type == SOCK_RAW && full->protocol == IPPROTO_TCP)
+			reply = PODNET_SK_REPLY;
+		old = __sync_fetch_and_or(&st->flags, PODNET_SK_RESOLVED | reply);
 		/*
 		 * First sight of an established TCP socket: it was established before the
 		 * agent, so adopt it as active. A connection that established while we
@@ -436,6 +446,18 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		}
 	}
 
+	if (st->flags & PODNET_SK_REPLY) {
+		/* A reply of the control socket: the pod whose address it comes from, else the node. */
+		struct podnet_ip_key local;
+		struct podnet_ip_val *ip = NULL;
+
+		if (skb_local_ip(skb, io, &local))
+			ip = bpf_map_lookup_elem(&podnet_pod_ips, &local);
+		c = slot_counters(ip ? ip->slot : PODNET_SLOT_NODE);
+		if (c)
+			count_wire(c, skb, &pi, io);
+		return SK_PASS;	/* no connection, no payload: the storage is shared */
+	}
 	c = slot_counters(slot);
 	if (!c)
 		return SK_PASS;

@@ -25,6 +25,7 @@
 #define PODNET_SK_INBOUND	(1U << 2)	/* direction of the counted connection */
 #define PODNET_SK_FIN_RX	(1U << 3)	/* a FIN arrived: fin_seq is valid */
 #define PODNET_SK_RX_MARK	(1U << 4)	/* seq_hw[PODNET_RX] is set */
+#define PODNET_SK_REPLY		(1U << 5)	/* the kernel's TCP control socket: see count_skb */
 
 enum podnet_dir { PODNET_OUTBOUND = 0, PODNET_INBOUND = 1, PODNET_NDIRS = 2 };
 enum podnet_io { PODNET_TX = 0, PODNET_RX = 1, PODNET_NIO = 2 };
