@@ -21,6 +21,7 @@ def test_demo_matches_its_ground_truth() -> None:
     # SYNs (60 bytes each) on a closed port. web's traffic is all seen.
     rows = re.findall(r"^  (\S+) .* (\d[\d,]* / \d[\d,]* in \d+ / \d+)  ok$", r.stdout, re.MULTILINE)
     unseen = dict(rows)
+    assert len(unseen) == 3, r.stdout
     assert unseen["web-7d4b9c"] == "0 / 0 in 0 / 0"
     assert unseen["api-5f6d8b"] == "520 / 520 in 10 / 10"
     assert unseen["db-0"] == "0 / 300 in 0 / 5"

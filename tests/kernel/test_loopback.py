@@ -58,14 +58,18 @@ def no_events(c: Counters) -> tuple[int, ...]:
 
 
 def test_same_pod_loopback_counted_nowhere_beside_a_real_flow(node: SimNode, start_agent: Callable[[], Agent]) -> None:
-    a, b = node.add_pod("app"), node.add_pod("peer")
+    a, b = node.add_pod("app", ipv6=True), node.add_pod("peer")
     agent = start_agent()
-    # an application and its sidecar over 127.0.0.1, and a connection to the pod's own IP
+    assert a.ip6
+    # an application and its sidecar over 127.0.0.1 and ::1, and connections to the pod's
+    # own IPv4 and IPv6 addresses
     udp_rcv = node.workload(a, "udp-recv", addr="127.0.0.1", port=6102, count=100)
     node.wait_ready(udp_rcv)
     flows = [
         flow(node, a, a, "127.0.0.1", 6100, 5, 100_000, 5_000),
         flow(node, a, a, a.ip4, 6101, 5, 100_000, 5_000),
+        flow(node, a, a, "::1", 6105, 4, 50_000, 1_000),
+        flow(node, a, a, a.ip6, 6106, 4, 50_000, 1_000),
         flow(node, a, b, b.ip4, 6104, 3, 30_000, 3_000),  # the real flow, beside them
     ]
     udp = node.workload(a, "udp-send", addr="127.0.0.1", port=6102, count=100, size=512)
