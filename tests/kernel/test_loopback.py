@@ -65,6 +65,7 @@ def test_same_pod_loopback_counted_nowhere_beside_a_real_flow(node: SimNode, sta
     # own IPv4 and IPv6 addresses
     udp_rcv = node.workload(a, "udp-recv", addr="127.0.0.1", port=6102, count=100)
     node.wait_ready(udp_rcv)
+    udp = node.workload(a, "udp-send", addr="127.0.0.1", port=6102, count=100, size=512)
     flows = [
         flow(node, a, a, "127.0.0.1", 6100, 5, 100_000, 5_000),
         flow(node, a, a, a.ip4, 6101, 5, 100_000, 5_000),
@@ -72,12 +73,11 @@ def test_same_pod_loopback_counted_nowhere_beside_a_real_flow(node: SimNode, sta
         flow(node, a, a, a.ip6, 6106, 4, 50_000, 1_000),
         flow(node, a, b, b.ip4, 6104, 3, 30_000, 3_000),  # the real flow, beside them
     ]
-    udp = node.workload(a, "udp-send", addr="127.0.0.1", port=6102, count=100, size=512)
     refused = node.workload(a, "connect-fail", addr="127.0.0.1", port=6103, count=3)
-    for f in flows:
-        f.finish(node)
     assert node.result(udp) == {"sent": 100, "bytes": 51_200}
     assert node.result(udp_rcv) == {"received": 100, "bytes": 51_200}
+    for f in flows:
+        f.finish(node)
     assert node.result(refused) == {"ECONNREFUSED": 3}
 
     ca = agent.settle(a, lambda c: c.closed_out == 3 and c.payload_rx == 9_000)
