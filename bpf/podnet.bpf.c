@@ -33,6 +33,10 @@
  *   the SYN. RTT is the kernel's srtt_us: at the close (leaving ESTABLISHED), and on egress
  *   at most once per interval, checked against skb->tstamp (TCP's departure time, already
  *   in the skb: no helper call and no map lookup per packet).
+ * - Loopback is not network traffic: packets on lo (127.0.0.1, ::1, or a connection to an
+ *   address of the socket's own namespace, which the kernel also routes over lo) are
+ *   skipped by their ifindex before anything else; the tracepoints skip sockets whose
+ *   route leaves through lo, so such connections are never opened, closed or failed.
  */
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -72,6 +76,8 @@ static __always_inline bool rcv_nxt_valid(__u32 state)
 #define EHOSTUNREACH	113
 
 #define SK_PASS		1
+#define SOCK_RAW	3
+#define LOOPBACK_IFINDEX	1	/* lo has this index in every network namespace */
 
 const volatile struct podnet_config podnet_cfg = {
 	.ephemeral_lo = 32768,
@@ -476,7 +482,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 	struct pkt_info pi;
 	__u32 slot, state;
 
-	if (!sk)
+	if (!sk || skb->ifindex == LOOPBACK_IFINDEX)
 		return SK_PASS;
 	if (!parse(skb, &pi))
 		return SK_PASS;
@@ -497,11 +503,20 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 	slot = st->slot;
 	if (!(st->flags & PODNET_SK_RESOLVED) || st->gen != podnet_gen) {
 		struct podnet_ip_key local;
-		__u32 old;
+		struct bpf_sock *full;
+		__u32 old, reply = 0;
 
 		slot = resolve(st, bpf_skb_cgroup_id(skb),
 			       skb_local_ip(skb, io, &local) ? &local : NULL);
-		old = __sync_fetch_and_or(&st->flags, PODNET_SK_RESOLVED);
+		/*
+		 * The kernel answers for sockets it has not got (a RST for a closed port) from a
+		 * raw TCP control socket shared by every namespace: marked once here, its packets
+		 * then go by their source address below.
+		 */
+		full = bpf_sk_fullsock(sk);
+		if (full && full->type == SOCK_RAW && full->protocol == IPPROTO_TCP)
+			reply = PODNET_SK_REPLY;
+		old = __sync_fetch_and_or(&st->flags, PODNET_SK_RESOLVED | reply);
 		/*
 		 * First sight of an established TCP socket: it was established before the
 		 * agent, so adopt it as active. A connection that established while we
@@ -512,6 +527,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 			__u16 lport = sk->src_port, rport = bpf_ntohs(sk->dst_port);
 			bool in = guess_inbound(lport, rport);
 
+			st->open_slot = slot;
 			__sync_fetch_and_or(&st->flags, PODNET_SK_ESTABLISHED |
 						(in ? PODNET_SK_INBOUND : 0));
 			c = slot_counters(slot);
@@ -520,16 +536,28 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		}
 	}
 
+	if (st->flags & PODNET_SK_REPLY) {
+		/* A reply of the control socket: the pod whose address it comes from, else the node. */
+		struct podnet_ip_key local;
+		struct podnet_ip_val *ip = NULL;
+
+		if (skb_local_ip(skb, io, &local))
+			ip = bpf_map_lookup_elem(&podnet_pod_ips, &local);
+		c = slot_counters(ip ? ip->slot : PODNET_SLOT_NODE);
+		if (c)
+			count_wire(c, skb, &pi, io);
+		return SK_PASS;	/* no connection, no payload: the storage is shared */
+	}
 	c = slot_counters(slot);
 	if (!c)
 		return SK_PASS;
 	count_wire(c, skb, &pi, io);
 	if (pi.transport != PODNET_TCP || !pi.l4_ok)
 		return SK_PASS;
-	if (io == PODNET_TX)
-		latency_egress(skb, sk, st, c, state);	/* latency (issue 11) */
 	if (io == PODNET_TX) {
 		__u32 len = skb->len - pi.hdr_len, fresh;
+
+		latency_egress(skb, sk, st, c, state);	/* latency (issue 11) */
 
 		if (len) {
 			fresh = advance_seq(&st->seq_hw[PODNET_TX], pi.seq, pi.seq + len, true);
@@ -586,6 +614,34 @@ static __always_inline void sk_local_ip(const struct sock *sk, struct podnet_ip_
 		ip_key_v4(key, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
 	else
 		BPF_CORE_READ_INTO(key->addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+}
+
+/*
+ * A connection over lo: its route's device, and without a route (not set yet, or reset)
+ * its addresses: a loopback peer, or the socket's own address.
+ */
+static __always_inline bool sk_on_loopback(const struct sock *sk)
+{
+	struct dst_entry *dst = BPF_CORE_READ(sk, sk_dst_cache);
+	__u8 d[16], s[16];
+
+	if (dst)
+		return BPF_CORE_READ(dst, dev, ifindex) == LOOPBACK_IFINDEX;
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET) {
+		__be32 da = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		return (bpf_ntohl(da) >> 24) == 127 || da == BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+	}
+	BPF_CORE_READ_INTO(&d, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	BPF_CORE_READ_INTO(&s, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	if (__builtin_memcmp(d, s, 16) == 0)
+		return true;
+	for (int i = 0; i < 10; i++)
+		if (d[i])
+			return false;
+	if (d[10] == 0xff && d[11] == 0xff)	/* ::ffff:127.0.0.0/104 */
+		return d[12] == 127;
+	return !d[10] && !d[11] && !d[12] && !d[13] && !d[14] && d[15] == 1;	/* ::1 */
 }
 
 /* Socket storage for a full socket, resolved; NULL if none can be had. */
@@ -693,7 +749,7 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 	/* Early exit for the transitions we do not count (or read rcv_nxt at: the close). */
 	if (newstate != TCP_ESTABLISHED && oldstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
 		return 0;
-	if (podnet_sk_protocol(sk) != IPPROTO_TCP)
+	if (podnet_sk_protocol(sk) != IPPROTO_TCP || sk_on_loopback(sk))
 		return 0;
 	c = sk_counters(sk, &st);
 	if (!c)
@@ -714,16 +770,25 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 
 		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
 			return 0;
+		if (!(st->flags & PODNET_SK_ESTABLISHED))
+			st->open_slot = st->slot;	/* before the flag that makes it valid */
 		old = __sync_fetch_and_or(&st->flags, PODNET_SK_ESTABLISHED |
 					  (in ? PODNET_SK_INBOUND : 0));
 		if (!(old & PODNET_SK_ESTABLISHED))
 			__sync_fetch_and_add(&c->opened[in ? PODNET_INBOUND : PODNET_OUTBOUND], 1);
 	} else if (oldstate == TCP_ESTABLISHED) {
-		/* Only connections we counted as active end here: active never goes below 0. */
+		/*
+		 * Only connections we counted as active end here, and in the slot that counted
+		 * them (the socket may resolve elsewhere since): active never goes below 0.
+		 */
 		old = __sync_fetch_and_and(&st->flags, ~(PODNET_SK_ESTABLISHED | PODNET_SK_INBOUND));
-		if (old & PODNET_SK_ESTABLISHED)
-			__sync_fetch_and_add(&c->closed[(old & PODNET_SK_INBOUND) ?
-							PODNET_INBOUND : PODNET_OUTBOUND], 1);
+		if (old & PODNET_SK_ESTABLISHED) {
+			struct podnet_counters *oc = slot_counters(st->open_slot);
+
+			if (oc)
+				__sync_fetch_and_add(&oc->closed[(old & PODNET_SK_INBOUND) ?
+								 PODNET_INBOUND : PODNET_OUTBOUND], 1);
+		}
 	} else if (oldstate == TCP_SYN_SENT) {
 		/* SYN_SENT -> CLOSE: the kernel sets sk_err before it closes the socket. */
 		__sync_fetch_and_add(&c->failed[fail_reason(BPF_CORE_READ(sk, sk_err))], 1);
@@ -734,10 +799,13 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(podnet_retrans, const struct sock *sk, const struct sk_buff *skb)
 {
-	struct podnet_counters *c = sk_counters(sk, NULL);
+	struct podnet_counters *c;
 	struct skb_shared_info *shinfo;
 	__u32 segs;
 
+	if (sk_on_loopback(sk))
+		return 0;
+	c = sk_counters(sk, NULL);
 	if (!c)
 		return 0;
 	shinfo = (void *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
@@ -776,8 +844,13 @@ int BPF_PROG(podnet_rst_tx, const struct sock *sk, const struct sk_buff *skb)
 {
 	struct podnet_counters *c = NULL;
 
-	if (sk && sk_is_full(sk))
+	if (sk && sk_is_full(sk)) {
+		if (sk_on_loopback(sk))
+			return 0;
 		c = sk_counters(sk, NULL);
+	} else if (skb && BPF_CORE_READ(skb, skb_iif) == LOOPBACK_IFINDEX) {
+		return 0;	/* the answer to a packet that came over lo */
+	}
 	if (!c)
 		c = slot_counters(skb_owner_slot(skb));
 	if (c)
@@ -788,8 +861,11 @@ int BPF_PROG(podnet_rst_tx, const struct sock *sk, const struct sk_buff *skb)
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(podnet_rst_rx, struct sock *sk)
 {
-	struct podnet_counters *c = sk_counters(sk, NULL);
+	struct podnet_counters *c;
 
+	if (sk_on_loopback(sk))
+		return 0;
+	c = sk_counters(sk, NULL);
 	if (c)
 		__sync_fetch_and_add(&c->resets[PODNET_RX], 1);
 	return 0;

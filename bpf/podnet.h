@@ -29,6 +29,7 @@
 #define PODNET_SK_INBOUND	(1U << 2)	/* direction of the counted connection */
 #define PODNET_SK_FIN_RX	(1U << 3)	/* a FIN arrived: fin_seq is valid */
 #define PODNET_SK_RX_MARK	(1U << 4)	/* seq_hw[PODNET_RX] is set */
+#define PODNET_SK_REPLY		(1U << 5)	/* the kernel's TCP control socket: see count_skb */
 
 enum podnet_dir { PODNET_OUTBOUND = 0, PODNET_INBOUND = 1, PODNET_NDIRS = 2 };
 
@@ -94,11 +95,17 @@ struct podnet_sock {
 	__u32 flags;	/* PODNET_SK_* */
 	__u32 fin_seq;	/* sequence number of the peer's FIN */
 	/*
+	 * The slot that counted this connection as opened (or adopted): its close is counted
+	 * there too, whatever the socket resolves to later, so each slot's opened - closed is
+	 * its own active connections. Valid while PODNET_SK_ESTABLISHED is set.
+	 */
+	__u32 open_slot;
+	/*
 	 * The marks below are written by egress on every data segment while ingress, often on
 	 * the other CPU, reads the fields above on every packet: a cache line apart, so the
 	 * writes do not pull the read-mostly line away from the receiving CPU.
 	 */
-	__u8 pad_line[48];
+	__u8 pad_line[44];
 	/*
 	 * TCP payload marks per direction (PODNET_TX/RX): bit 32 set = valid, low 32 bits =
 	 * the sequence number after the last payload byte counted. Sent payload advances with

@@ -27,8 +27,18 @@ struct sock_cgroup_data {
 struct sock_common {
 	unsigned short skc_family;
 	volatile unsigned char skc_state;
+	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
+	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
+};
+
+struct net_device {
+	int ifindex;
+};
+
+struct dst_entry {
+	struct net_device *dev;
 };
 
 struct sock {
@@ -36,6 +46,7 @@ struct sock {
 	int sk_err;
 	__u16 sk_protocol;		/* a bitfield before v5.6, see compat.h */
 	struct sock_cgroup_data sk_cgrp_data;
+	struct dst_entry *sk_dst_cache;
 };
 
 struct tcp_sock {
@@ -48,6 +59,7 @@ struct sk_buff {
 	__u32 end;			/* an offset from head on 64-bit kernels */
 	__u16 network_header;
 	__be16 protocol;
+	int skb_iif;
 };
 
 struct skb_shared_info {

@@ -14,6 +14,9 @@ Full tables: a pod that finds no free slot is counted as the node's (and reporte
 ``podnet.agent.slots.exhausted``) until a slot frees: the next slot retired goes to it
 directly, and from then on its traffic is its own (what was counted meanwhile stays with
 the node). A pod IP refused by a full map is reported and tried again every round.
+A connection's close is counted in the slot that counted it opened (the kernel keeps that
+slot in the socket's storage), so a slot still holding open connections is retired only
+once they have closed: reused earlier, their closes would land on another owner.
 """
 
 from __future__ import annotations
@@ -319,6 +322,9 @@ class Attributor:
                 keep.append(r)
                 continue
             last = self._maps.read_slot(r.slot)
+            if last.active_out or last.active_in:
+                keep.append(r)  # its open connections will still close here
+                continue
             self._carried[r.owner] = self._carried.get(r.owner, Counters()) + last
             self._maps.zero_slot(r.slot)
             self._slot_owner.pop(r.slot, None)

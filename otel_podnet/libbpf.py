@@ -429,11 +429,21 @@ class ProgTestRunOpts(ctypes.Structure):
     ]
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> int:
-    """BPF_PROG_TEST_RUN with a packet; returns the program's return value."""
+# offsetof(struct __sk_buff, ifindex): the last field of the context prog_test_run sets
+_SKB_CTX_IFINDEX = 40
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ifindex: int = 0) -> int:
+    """BPF_PROG_TEST_RUN with a packet; returns the program's return value. The kernel
+    hands the packet in on ``ifindex`` (a device of this network namespace), else on lo."""
     buf = ctypes.create_string_buffer(data, len(data))
     out = ctypes.create_string_buffer(len(data) + 256)
     opts = ProgTestRunOpts(sz=ctypes.sizeof(ProgTestRunOpts))
+    if ifindex:
+        ctx = ctypes.create_string_buffer(_SKB_CTX_IFINDEX + 4)  # zeroed: the other fields unset
+        ctypes.c_uint32.from_buffer(ctx, _SKB_CTX_IFINDEX).value = ifindex
+        opts.ctx_in = ctypes.cast(ctx, ctypes.c_void_p)
+        opts.ctx_size_in = len(ctx)
     opts.data_in = ctypes.cast(buf, ctypes.c_void_p)
     opts.data_size_in = len(data)
     opts.data_out = ctypes.cast(out, ctypes.c_void_p)

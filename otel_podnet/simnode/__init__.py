@@ -63,6 +63,15 @@ class SimPod:
             out[k] = int(sh("ip", "netns", "exec", self.netns, "cat", f"/sys/class/net/{self.iface}/statistics/{k}"))
         return out
 
+    def tcp_counters(self) -> dict[str, int]:
+        """The kernel's TCP counters of the pod's namespace (``Tcp:`` in /proc/net/snmp)."""
+        rows = [
+            ln.split()
+            for ln in sh("ip", "netns", "exec", self.netns, "cat", "/proc/net/snmp").splitlines()
+            if ln.startswith("Tcp:")
+        ]
+        return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=True)}
+
 
 class SimNode:
     def __init__(self, cgroup_root: Path, name: str = "sim-node", net: int | None = None) -> None:
@@ -220,6 +229,11 @@ class SimNode:
                     sh("ip", "-n", ns, "neigh", "replace", ip6, "lladdr", mac, "dev", dev, "nud", "permanent")
         for ip4, _ip6, mac in hosts[:-1]:
             sh("ip", "-n", self.node_ns, "neigh", "replace", ip4, "lladdr", mac, "dev", "br0", "nud", "permanent")
+        # and the bridge knows every pod's port from the start: a first frame to a pod that
+        # has sent nothing yet would otherwise be flooded to the other pods' interfaces
+        for p in self.pods:
+            if p.host_iface:
+                sh("bridge", "-n", self.node_ns, "fdb", "replace", p.mac, "dev", p.host_iface, "master", "static")
 
     def delay_link(self, pod: SimPod, seconds: float, lifetime: float = 600.0) -> subprocess.Popen[str]:
         """Put a delay line between a pod and the bridge: every frame the pod sends waits

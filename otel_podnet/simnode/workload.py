@@ -57,8 +57,12 @@ def tcp_server(a: argparse.Namespace) -> dict[str, int]:
         got = _recv_exact(conn, a.recv)
         if a.send:
             conn.sendall(b"r" * a.send)
-        while conn.recv(65536):  # wait for the peer's close
-            pass
+        if not a.close_first:
+            while conn.recv(65536):  # wait for the peer's close
+                pass
+        # With --close-first, a bare close() as soon as the reply is written: the kernel
+        # orphans the socket, and once our FIN is acknowledged it becomes a timewait
+        # mini-socket in FIN_WAIT2, which takes the peer's FIN and acknowledges it.
         conn.close()
         with lock:
             totals["received"] += got
@@ -91,6 +95,8 @@ def tcp_client(a: argparse.Namespace) -> dict[str, int]:
             c.sendall(payload)
         totals["sent"] += len(payload)
         totals["received"] += _recv_exact(c, a.recv)
+        if a.pause_ms:  # let a peer that closed first have its FIN acknowledged on its own
+            time.sleep(a.pause_ms / 1000)
         # A graceful close: our FIN, then the peer's, while the socket is still ours. (A
         # bare close() orphans the socket; the kernel then turns it into a timewait
         # mini-socket in FIN_WAIT2, and the peer's FIN reaches no full socket.)
@@ -205,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recv", type=int, default=0)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--pace", type=float, default=0.0, help="tcp-client, connect-fail: seconds between attempts")
+    p.add_argument("--close-first", type=int, default=0, help="tcp-server: close before the peer does")
+    p.add_argument("--pause-ms", type=int, default=0, help="tcp-client: wait before closing")
     a = p.parse_args(argv)
     print(json.dumps(MODES[a.mode](a)), flush=True)
     return 0

@@ -103,3 +103,34 @@ def test_removed_pod_final_then_gone_and_slots_recycled(node: SimNode, start_age
     assert [s.final for s in finals].count(True) == 1
     assert finals[-1].final and conn(finals[-1].counters) == (3, 0, 30_000, 3_000)
     assert agent.core.attributor.health(0).slots_in_use < slots_before
+
+
+def test_closed_where_opened_after_the_ip_fallback_is_learnt(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    """Connections opened while their socket still counted for the node (the pod's IP not
+    known yet) are closed there too: the pod gets their later traffic, never a close
+    without an open (which would leave the node's active +1 for ever)."""
+    b = node.add_pod("b")
+    agent = start_agent()
+    outside = node.add_pod("outside", in_pod_cgroup=False)  # not in the pods file yet
+    srv = node.workload(b, "echo-server", addr=b.ip4, port=5107, count=7)
+    node.wait_ready(srv)
+    holder = node.workload(outside, "hold", stdin=True, addr=b.ip4, port=5107, count=7, size=1000)
+    node.wait_ready(holder)
+    assert agent.settle(b, lambda c: c.opened_in == 7).opened_in == 7
+    agent.publish()  # now the pod and its IP are known: its sockets resolve to its slot
+    agent.counters(outside)
+
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write("send\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "sent"
+    holder.stdin.write("close\n")
+    holder.stdin.flush()
+    assert node.result(holder) == {"held": 7, "sent": 7000}
+    node.result(srv)
+    cb = agent.settle(b, lambda c: c.closed_in == 7)
+    assert (cb.opened_in, cb.closed_in, cb.active_in) == (7, 7, 0)
+    co = agent.counters(outside)
+    # the traffic after the remap is the pod's; the connections were never its
+    assert (co.payload_tx, co.payload_rx) == (7000, 7000)
+    assert (co.opened_out, co.adopted_out, co.closed_out) == (0, 0, 0)

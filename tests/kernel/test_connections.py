@@ -153,3 +153,24 @@ def test_ipv6_counted_like_ipv4(node: SimNode, start_agent: Callable[[], Agent])
     assert (ca.opened_out, ca.closed_out, cb.opened_in, cb.closed_in) == (5, 5, 5, 5)
     assert (ca.payload_tx, ca.payload_rx, cb.payload_rx, cb.payload_tx) == (1_000_000, 15_000, 1_000_000, 15_000)
     assert (ca.bytes_tx_tcp, ca.packets_tx_tcp) == (cb.bytes_rx_tcp, cb.packets_rx_tcp)
+
+
+def test_resets_for_a_closed_port_are_the_pods_bytes(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    """The kernel answers a SYN to a closed port from a TCP control socket that it shares
+    among all namespaces: each RST is the bytes of the pod whose address it leaves from
+    (not whichever pod that shared socket first sent for), and never the node's."""
+    a, b, c = node.add_pod("client"), node.add_pod("server-b"), node.add_pod("server-c")
+    agent = start_agent()
+    for server, n in ((b, 20), (c, 30), (b, 10)):
+        truth = node.result(node.workload(a, "connect-fail", addr=server.ip4, port=5998, count=n))
+        assert truth == {"ECONNREFUSED": n}
+    ca = agent.settle(a, lambda x: x.packets_rx_tcp == 60)
+    cb = agent.settle(b, lambda x: x.packets_tx_tcp == 30)
+    cc = agent.settle(c, lambda x: x.packets_tx_tcp == 30)
+    # a SYN: IPv4 20 + TCP 20 + options 20 (MSS, SACK permitted, timestamps, window scale);
+    # a RST: IPv4 20 + TCP 20
+    assert (ca.bytes_tx_tcp, ca.packets_tx_tcp, ca.bytes_rx_tcp, ca.packets_rx_tcp) == (60 * 60, 60, 60 * 40, 60)
+    assert (cb.bytes_tx_tcp, cb.packets_tx_tcp) == (30 * 40, 30)
+    assert (cc.bytes_tx_tcp, cc.packets_tx_tcp) == (30 * 40, 30)
+    # the SYNs reached no socket: no hook sees them (README, known limits)
+    assert (cb.bytes_rx_tcp, cb.packets_rx_tcp, cc.bytes_rx_tcp, cc.packets_rx_tcp) == (0, 0, 0, 0)

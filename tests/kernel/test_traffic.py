@@ -128,3 +128,52 @@ def test_udp_datagrams(node: SimNode, start_agent: Callable[[], Agent]) -> None:
     assert (ca.bytes_tx_udp, ca.packets_tx_udp) == (540_000, 1000)
     assert (cb.bytes_rx_udp, cb.packets_rx_udp) == (540_000, 1000)
     assert ca.bytes_tx_tcp == cb.bytes_rx_tcp == 0
+
+
+def test_server_closing_first_misses_exactly_the_timewait_segments(
+    node: SimNode, start_agent: Callable[[], Agent]
+) -> None:
+    """The known limit, measured exactly. A server that closes first with a bare close()
+    orphans its socket; once its FIN is acknowledged on its own, the kernel swaps the
+    socket for a timewait mini-socket, which takes the client's FIN and acknowledges it.
+    No stable hook sees those two segments with their socket (cgroup_skb runs for full
+    sockets only; the FIN is freed through consume_skb, which carries no socket; the ACK
+    leaves with the mini-socket as owner, which the egress hook skips). Everything else is
+    counted: the interface's counters less exactly one 52-byte segment each way per
+    connection, and the kernel's own segment counters tell how many there were."""
+    a, b = node.add_pod("client"), node.add_pod("server")
+    node.static_neighbors()
+    agent = start_agent()
+    for pod in (a, b):
+        node.set_offloads(pod, on=False)
+    before_if, before_snmp, before = quiet_counters(node, b), tcp_snmp(b), agent.counters(b)
+    srv = node.workload(
+        b, "tcp-server", addr=b.ip4, port=6002, count=20, recv=100_000, send=10_000, **{"close-first": 1}
+    )
+    node.wait_ready(srv)
+    # the client reads the reply and the server's FIN, and closes 400 ms later: its delayed
+    # ACK of the FIN (at most 200 ms) has reached the server on its own by then
+    cli = node.workload(
+        a, "tcp-client", addr=b.ip4, port=6002, count=20, send=100_000, recv=10_000, **{"pause-ms": 400}
+    )
+    assert node.result(cli) == {"connected": 20, "sent": 2_000_000, "received": 200_000}
+    assert node.result(srv) == {"accepted": 20, "received": 2_000_000, "sent": 200_000}
+    c = agent.settle(b, lambda c: c.closed_in - before.closed_in == 20)
+    after_if, after_snmp = quiet_counters(node, b), tcp_snmp(b)
+    iface = ip_level({k: after_if[k] - before_if[k] for k in after_if})
+    snmp = {k: after_snmp[k] - before_snmp[k] for k in after_snmp}
+    seen = {
+        "tx_bytes": c.bytes_tx_tcp - before.bytes_tx_tcp,
+        "rx_bytes": c.bytes_rx_tcp - before.bytes_rx_tcp,
+        "tx_packets": c.packets_tx_tcp - before.packets_tx_tcp,
+        "rx_packets": c.packets_rx_tcp - before.packets_rx_tcp,
+    }
+    # the segments the kernel's TCP took in and sent that the agent did not see
+    unseen_in = snmp["InSegs"] - seen["rx_packets"]
+    unseen_out = snmp["OutSegs"] + snmp["RetransSegs"] - seen["tx_packets"]
+    assert (unseen_in, unseen_out) == (20, 20)  # one FIN in, one ACK out, per connection
+    assert iface["rx_packets"] - seen["rx_packets"] == 20
+    assert iface["tx_packets"] - seen["tx_packets"] == 20
+    assert iface["rx_bytes"] - seen["rx_bytes"] == 20 * SEGMENT_HEADERS
+    assert iface["tx_bytes"] - seen["tx_bytes"] == 20 * SEGMENT_HEADERS
+    assert (c.payload_rx - before.payload_rx, c.payload_tx - before.payload_tx) == (2_000_000, 200_000)

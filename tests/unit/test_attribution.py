@@ -172,7 +172,7 @@ def test_a_pods_cgroups_share_one_slot(tmp_path: Path) -> None:
     c1, c2 = (pod / "c1").stat().st_ino, (pod / "c2").stat().st_ino
     s1, s2 = maps.kernel_sees(c1), maps.kernel_sees(c2)
     maps.count(s1, opened_out=1)
-    maps.count(s2, opened_out=2)
+    maps.count(s2, opened_out=2, closed_out=2)  # closed: nothing keeps s2 from retiring
     att.sync({})
     assert maps.cgroups[c1] == maps.cgroups[c2] == (s1, abi.CG_POD)
     maps.count(s1, opened_out=4)
@@ -180,3 +180,26 @@ def test_a_pods_cgroups_share_one_slot(tmp_path: Path) -> None:
     assert s2 in maps.free and s2 not in maps.stats
     assert [s.counters.opened_out for s in att.snapshot({}) if s.uid == UID] == [7]
     assert att.health(1).slots_in_use == 2  # the node's and the pod's
+
+
+def test_a_slot_is_retired_only_once_its_connections_have_closed(tmp_path: Path) -> None:
+    """The kernel counts a close in the slot that counted the connection opened; a slot
+    freed while it still holds open connections would receive them under a new owner."""
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    (tmp_path / "session.scope").mkdir()
+    cgid = (tmp_path / "session.scope").stat().st_ino
+    slot = maps.kernel_sees(cgid)
+    maps.count(slot, opened_out=2, adopted_in=1, closed_out=1)
+    att.sync({})  # not a pod: remapped to the node, its slot retiring
+    att.sync({})
+    att.sync({})
+    assert slot not in maps.free and maps.read_slot(slot).opened_out == 2
+    assert (att.snapshot({})[0].counters.active_out, att.snapshot({})[0].counters.active_in) == (1, 1)
+    maps.count(slot, closed_out=1, closed_in=1)  # the last two close where they opened
+    att.sync({})
+    assert slot in maps.free and slot not in maps.stats
+    node = att.snapshot({})[0].counters
+    assert (node.opened_out, node.adopted_in, node.closed_out, node.closed_in) == (2, 1, 2, 1)
+    assert (node.active_out, node.active_in) == (0, 0)
