@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
+import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -20,6 +23,50 @@ from otel_podnet.simnode import SimNode, SimPod
 
 from .apiserver import kube_apiserver, kube_bin_dir  # noqa: F401  (fixtures)
 from .collector import CONFIG_DIR, SELF_TELEMETRY_OFF, build_otelcol, free_port, run_collector
+
+
+def agent_map(pid: int, name: str) -> list[tuple[bytes, bytes]] | None:
+    """(key, value) of every entry of one of the agent's BPF maps, found through the agent's
+    own map fds (other agents on this machine have maps of the same names); None when the
+    agent holds no such map (yet)."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^map_id:\s*(\d+)", text, re.M)
+        if m:
+            ids.add(m.group(1))
+    for map_id in sorted(ids):
+        show = subprocess.run(["bpftool", "-j", "map", "show", "id", map_id], capture_output=True, text=True)
+        if show.returncode != 0 or json.loads(show.stdout).get("name") != name:
+            continue
+        out = subprocess.run(["bpftool", "-j", "map", "dump", "id", map_id], capture_output=True, check=True).stdout
+        return [(bytes(int(b, 16) for b in e["key"]), bytes(int(b, 16) for b in e["value"])) for e in json.loads(out)]
+    return None
+
+
+def agent_cgroups(pid: int) -> dict[int, tuple[int, int]]:
+    """The agent's podnet_cgroups map: cgroup id -> (slot, kind)."""
+    entries = agent_map(pid, "podnet_cgroups")
+    assert entries is not None, f"agent {pid} holds no podnet_cgroups map"
+    out = {}
+    for key, value in entries:
+        slot, kind = struct.unpack_from("<II", value)
+        out[struct.unpack("<Q", key)[0]] = (slot, kind)
+    return out
+
+
+def agent_pod_ips(pid: int) -> list[str]:
+    """The keys of the agent's podnet_pod_ips map, IPv4 unmapped from ::ffff:a.b.c.d."""
+    entries = agent_map(pid, "podnet_pod_ips")
+    assert entries is not None, f"agent {pid} holds no podnet_pod_ips map"
+    out = []
+    for key, _ in entries:
+        addr = ipaddress.IPv6Address(key)
+        out.append(str(addr.ipv4_mapped or addr))
+    return out
 
 
 @pytest.fixture(scope="session")
