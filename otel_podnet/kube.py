@@ -15,7 +15,7 @@ decides whether it is needed at all.
 - Workload names: a StatefulSet or DaemonSet owner names itself; ReplicaSet → Deployment
   and Job → CronJob need one GET of the owner (the ReplicaSet's or Job's own controller),
   done once per owner when a pod with a new owner appears, and cached. A 403 or 404 falls
-  back to what the pod's labels tell (inventory.workload_from_owner), with one warning.
+  back to what the pod's labels tell (owners.workload_from_owner), with one warning.
 - Requests are made with ``_preload_content=False`` and their JSON decoded here: the pods
   arrive as the plain dicts otel_podnet.inventory.pod_from_object reads (as in a pods
   file), without a round trip through the client's models.
@@ -40,17 +40,15 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from .inventory import PodInfo, pod_from_object, workload_from_owner
+from .inventory import PodInfo, SkipWarnings, pod_from_object, pod_name
 from .kube_source import ApiTarget
 from .log import RateLimited
+from .owners import DIRECT, LOOKED_UP, workload_from_owner, workload_from_owner_object
 from .settings import ConfigError, NotReady
 
 _logger = logging.getLogger(__name__)
 
 RBAC_HINT = "deploy/otel-podnet.yaml"
-# Owners whose workload names need the owner object: kind -> resource named in messages.
-LOOKED_UP = {"ReplicaSet": "replicasets.apps", "Job": "jobs.batch"}
-DIRECT = {"StatefulSet": "k8s.statefulset.name", "DaemonSet": "k8s.daemonset.name"}
 # Errors of the network or the HTTP layer below the API (the API's own are ApiException).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError, ValueError)
 
@@ -75,34 +73,6 @@ def backoff_delay(
         return 0.0
     step = min(cap, base * 2.0 ** min(failures - 1, 32))
     return step / 2 + rand() * step / 2
-
-
-def controller_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(kind, name) of an object's controlling owner reference."""
-    meta = obj.get("metadata")
-    refs = meta.get("ownerReferences") if isinstance(meta, Mapping) else None
-    for ref in refs or []:
-        if isinstance(ref, Mapping) and ref.get("controller") and ref.get("kind") and ref.get("name"):
-            return str(ref["kind"]), str(ref["name"])
-    return None
-
-
-def workload_from_owner_object(kind: str, name: str, owner_obj: Mapping[str, Any]) -> dict[str, str]:
-    """Workload attributes of a pod controlled by ``kind``/``name``, given that owner object
-    as the API returned it (its own controller names the Deployment or CronJob)."""
-    parent = controller_of(owner_obj)
-    if kind == "ReplicaSet":
-        out = {"k8s.replicaset.name": name}
-        if parent is not None and parent[0] == "Deployment":
-            out["k8s.deployment.name"] = parent[1]
-        return out
-    if kind == "Job":
-        out = {"k8s.job.name": name}
-        if parent is not None and parent[0] == "CronJob":
-            out["k8s.cronjob.name"] = parent[1]
-        return out
-    attr = DIRECT.get(kind)
-    return {attr: name} if attr else {}
 
 
 def status_message(exc: Any) -> str:
@@ -252,6 +222,7 @@ class KubePodSource:
         self._down_since: float | None = None
         self._trouble = RateLimited(_logger, 60.0)  # unreachable, failing
         self._refused = RateLimited(_logger, 60.0)  # 401/403: a different trouble, reported on its own
+        self._skips = SkipWarnings(_logger)  # pods with fields of the wrong type
 
     # -- PodSource --------------------------------------------------------------------------
 
@@ -437,9 +408,7 @@ class KubePodSource:
     def _convert(self, obj: Mapping[str, Any]) -> PodInfo | None:
         got = pod_from_object(obj)
         if isinstance(got, str):
-            meta = obj.get("metadata")
-            meta = meta if isinstance(meta, Mapping) else {}
-            _logger.warning("pod %s/%s from the API skipped: %s", meta.get("namespace"), meta.get("name"), got)
+            self._skips.warn("the API", pod_name(obj), got)
             return None
         if got.owner is not None:
             workload = self.workload(got.namespace, got.owner, got.labels)
@@ -549,7 +518,8 @@ class KubePodSource:
             if token:
                 kwargs["_continue"] = token
             doc = _json(self._core.list_pod_for_all_namespaces(**kwargs))
-            for item in doc.get("items") or []:
+            items = doc.get("items")
+            for item in items if isinstance(items, list) else []:
                 if not isinstance(item, Mapping):
                     continue
                 info = self._convert(item)
