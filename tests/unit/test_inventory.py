@@ -106,6 +106,32 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
+@pytest.mark.parametrize("name", ["kubectl-get-pods.yaml", "kubectl-get-pods.json"])
+def test_kubectl_output_as_written(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Files written by real kubectl (see fixtures/README.md): ``kind: List`` of Pods."""
+    text = (FIXTURES / name).read_text()
+    assert ("kind: List" in text) if name.endswith(".yaml") else ('"kind": "List"' in text)
+    with caplog.at_level(logging.WARNING):
+        pods = sorted(parse_pod_list(text, name), key=lambda p: p.name)
+    assert warnings(caplog) == []
+    assert [(p.namespace, p.name, p.node_name, p.phase, p.ips) for p in pods] == [
+        ("shop", "db-0", "node-a", "Running", ("10.244.1.9",)),
+        ("shop", "web-5d8f9c7b6-x2x4q", "node-a", "Running", ("10.244.1.7", "fd00:10:244:1::7")),
+    ]
+    web = pods[1]
+    assert web.labels == {"app.kubernetes.io/name": "web", "pod-template-hash": "5d8f9c7b6"}
+    assert web.annotations == {"resource.opentelemetry.io/service.version": "1.4.2"}
+    assert web.workload == {"k8s.replicaset.name": "web-5d8f9c7b6", "k8s.deployment.name": "web"}
+    assert pods[0].workload == {"k8s.statefulset.name": "db"}
+    assert len({p.uid for p in pods}) == 2 and all(len(p.uid) == 36 for p in pods)
+
+
+def test_yaml_and_json_from_kubectl_agree() -> None:
+    a = parse_pod_list((FIXTURES / "kubectl-get-pods.yaml").read_text(), "y")
+    b = parse_pod_list((FIXTURES / "kubectl-get-pods.json").read_text(), "j")
+    assert sorted(a, key=lambda p: p.uid) == sorted(b, key=lambda p: p.uid)
+
+
 def test_pod_list_single_pod_and_multi_document(caplog: pytest.LogCaptureFixture) -> None:
     api_list = pod_list(pod("a", "u1"))  # the API's PodList: items without a kind
     for item in api_list["items"]:  # type: ignore[attr-defined]
