@@ -246,3 +246,16 @@ def test_only_resource_annotations_are_kept() -> None:
         "resource.opentelemetry.io/service.name": "storefront",
         "resource.opentelemetry.io/service.version": "2.0",
     }
+
+
+def test_every_pod_source_has_the_changed_event(tmp_path: Path) -> None:
+    """The agent waits on ``source.changed`` (part of the PodSource Protocol, no getattr)."""
+    import threading
+
+    from otel_podnet.inventory import NoPods, PodSource
+
+    assert "changed" in PodSource.__annotations__
+    f = tmp_path / "pods.yaml"
+    f.write_text(yaml.safe_dump(pod_list()))
+    for src in (PodsFileSource(f, "n1"), NoPods()):
+        assert isinstance(src.changed, threading.Event) and not src.changed.is_set()

@@ -215,7 +215,7 @@ def test_unreachable_owner_lookup_is_retried_later_not_cached(monkeypatch: pytes
     }
     src.workload("shop", ("ReplicaSet", "w-9"), {"pod-template-hash": "9"})
     assert len(api.calls) == 1  # paused after a failure
-    src._owner_pause_until = 0.0
+    src._resolver.pause_until = 0.0
     api.objects[("ReplicaSet", "shop", "w-9")] = owned_by("Deployment", "web")
     assert src.workload("shop", ("ReplicaSet", "w-9"), {})["k8s.deployment.name"] == "web"
 
