@@ -189,7 +189,9 @@ def exchange(node: SimNode, client: SimPod, server: SimPod, port: int, n: int, u
     node.result(srv)
 
 
-def wait_for(check: object, timeout: float = 20.0, what: str = "") -> None:
+def wait_for(check: object, timeout: float = 60.0, what: str = "") -> None:
+    """Until ``check()`` holds. The default is generous: on a machine busy with other work
+    (other test runs, builds) the agent and the Collector can take many seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]

@@ -24,7 +24,11 @@ def attrs(items: list[dict[str, Any]] | None) -> dict[str, Any]:
 def requests(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Only whole lines: the Collector may be writing the last one right now (a busy machine
+    # makes that window long enough to be read).
+    text = path.read_text()
+    whole = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
 def resource_points(rm: dict[str, Any]) -> dict[Point, float]:

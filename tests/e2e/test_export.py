@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_podnet.abi import CG_POD, SLOT_NODE
+from otel_podnet.abi import CG_HOST, CG_POD, SLOT_NODE
 from otel_podnet.simnode import SimNode
 
 from . import otlp_json
@@ -148,6 +148,17 @@ def test_delta_sums_to_the_truth_and_removed_pod_final_once(otelcol: Path, node:
             time.sleep(2.0)
             rc, err = ag.stop()
         assert rc == 0, err
+
+        def delivered() -> float:  # a's payload over every request the Collector has written
+            return sum(
+                pts.get(PAYLOAD_TX, 0)
+                for req in otlp_json.requests(col.file)
+                for res, pts in otlp_json.by_pod(req)
+                if res.get("k8s.pod.uid") == a.uid
+            )
+
+        # the Collector may still be writing the last requests on a busy machine
+        wait_for(lambda: delivered() >= 20 * 10_000, what="the Collector to write every request")
         time.sleep(0.5)
         reqs = otlp_json.requests(col.file)
 
@@ -186,7 +197,10 @@ def test_collector_down_then_back_exact(otelcol: Path, node: SimNode, tmp_path: 
         ag = ag_ctx.__enter__()
         exchange(node, a, b, 7300, n=5, up=10_000, down=500)
         wait_for(
-            lambda: pod_points(last_request(col.file)).get(a.uid, ({}, {}))[1].get(PAYLOAD_TX) == 50_000,
+            lambda: (
+                bool(otlp_json.requests(col.file))
+                and pod_points(last_request(col.file)).get(a.uid, ({}, {}))[1].get(PAYLOAD_TX) == 50_000
+            ),
             what="first figures",
         )
     try:
@@ -430,6 +444,9 @@ def test_500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> N
     assert sorted(kind for _, kind in live_entries.values()) == [CG_POD] * 10
     assert len({slot for slot, _ in live_entries.values()} - {SLOT_NODE}) == 10
     assert sorted(ip for ip in live[1] if ip in ips) == batch_ips
-    assert [c for c in left[0] if c in cgids] == [] and [ip for ip in left[1] if ip in ips] == []
+    # A cgroup that was gone before the agent classified it stays a host cgroup on the node
+    # slot until the periodic sweep of dead host cgroups: no slot, nothing counted for it.
+    assert [v for c, v in left[0].items() if c in cgids and v != (SLOT_NODE, CG_HOST)] == []
+    assert [ip for ip in left[1] if ip in ips] == []
     # memory after 100 cycles and after 500: no growth per pod (allocator noise aside)
     assert samples[49] - samples[9] < 2048, samples
