@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,14 @@ class AgentProc:
         return self.proc.returncode, err
 
 
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:  # not listening yet, or 503 starting
+        return False
+
+
 @contextlib.contextmanager
 def agent(
     pods_file: Path | None,
@@ -148,6 +157,7 @@ def agent(
     """The agent process; its pods come from ``pods_file``, or from the API server that
     ``kubeconfig`` points at (pass None as ``pods_file``)."""
     prom_port = free_port() if prometheus else None
+    health_port = free_port()
     source = ["--pods-file", str(pods_file)] if pods_file is not None else []
     if kubeconfig is not None:
         source += ["--kubeconfig", str(kubeconfig)]
@@ -163,6 +173,8 @@ def agent(
         "sim-node",
         "--log-level",
         "info",
+        "--health-address",
+        f"127.0.0.1:{health_port}",
     ]
     for e in exporters:
         args += ["--exporter", e]
@@ -172,9 +184,16 @@ def agent(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
     )
     try:
-        time.sleep(1.0)
-        if proc.poll() is not None:
-            raise RuntimeError(f"agent exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        # Ready (/readyz) once its programs are attached and a first snapshot was taken: what
+        # the test does from then on is counted. A fixed pause was not enough on a busy
+        # machine, where a test's first connections came and went before the attach.
+        deadline = time.monotonic() + 60
+        while not _ready(health_port):
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("agent not ready after 60 s")
+            time.sleep(0.1)
         yield AgentProc(proc, prom_port)
     finally:
         if proc.poll() is None:
