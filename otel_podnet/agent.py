@@ -58,14 +58,11 @@ class Agent:
             while not self.stop_event.is_set():
                 # Between collections, pod changes (a pod gone, an IP reused) reach the
                 # kernel's maps at once when the pod source says so.
-                changed = getattr(self.core.source, "changed", None)
+                changed = self.core.source.changed
                 timeout = max(0.0, deadline - time.monotonic())
-                if isinstance(changed, threading.Event):
-                    if changed.wait(min(timeout, 0.5)) and not self.stop_event.is_set():
-                        changed.clear()
-                        self.core.resync()
-                elif self.stop_event.wait(timeout):
-                    break
+                if changed.wait(min(timeout, 0.5)) and not self.stop_event.is_set():
+                    changed.clear()
+                    self.core.resync()
                 if time.monotonic() >= deadline:
                     self.collect_and_export()
                     deadline += self.interval

@@ -12,10 +12,9 @@ decides whether it is needed at all.
 - The view is a dict keyed by pod UID that is replaced on every change and never mutated
   afterwards: readers get a read-only proxy of it and need no lock. ``changed`` is set on
   every change, so the agent can resync the kernel's pod-IP map at once.
-- Workload names: a StatefulSet or DaemonSet owner names itself; ReplicaSet → Deployment
-  and Job → CronJob need one GET of the owner (the ReplicaSet's or Job's own controller),
-  done once per owner when a pod with a new owner appears, and cached. A 403 or 404 falls
-  back to what the pod's labels tell (inventory.workload_from_owner), with one warning.
+- Workload names come from otel_podnet.owners.OwnerResolver (ReplicaSet → Deployment and
+  Job → CronJob need one GET of the owner, cached; a 403 or 404 falls back to the pod's
+  labels with one warning); this module only fetches the owner objects for it.
 - Requests are made with ``_preload_content=False`` and their JSON decoded here: the pods
   arrive as the plain dicts otel_podnet.inventory.pod_from_object reads (as in a pods
   file), without a round trip through the client's models.
@@ -40,17 +39,15 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from .inventory import PodInfo, pod_from_object, workload_from_owner
+from .inventory import PodInfo, SkipWarnings, pod_from_object, pod_name
 from .kube_source import ApiTarget
 from .log import RateLimited
+from .owners import OwnerLookupError, OwnerResolver
 from .settings import ConfigError, NotReady
 
 _logger = logging.getLogger(__name__)
 
 RBAC_HINT = "deploy/otel-podnet.yaml"
-# Owners whose workload names need the owner object: kind -> resource named in messages.
-LOOKED_UP = {"ReplicaSet": "replicasets.apps", "Job": "jobs.batch"}
-DIRECT = {"StatefulSet": "k8s.statefulset.name", "DaemonSet": "k8s.daemonset.name"}
 # Errors of the network or the HTTP layer below the API (the API's own are ApiException).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError, ValueError)
 
@@ -75,34 +72,6 @@ def backoff_delay(
         return 0.0
     step = min(cap, base * 2.0 ** min(failures - 1, 32))
     return step / 2 + rand() * step / 2
-
-
-def controller_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(kind, name) of an object's controlling owner reference."""
-    meta = obj.get("metadata")
-    refs = meta.get("ownerReferences") if isinstance(meta, Mapping) else None
-    for ref in refs or []:
-        if isinstance(ref, Mapping) and ref.get("controller") and ref.get("kind") and ref.get("name"):
-            return str(ref["kind"]), str(ref["name"])
-    return None
-
-
-def workload_from_owner_object(kind: str, name: str, owner_obj: Mapping[str, Any]) -> dict[str, str]:
-    """Workload attributes of a pod controlled by ``kind``/``name``, given that owner object
-    as the API returned it (its own controller names the Deployment or CronJob)."""
-    parent = controller_of(owner_obj)
-    if kind == "ReplicaSet":
-        out = {"k8s.replicaset.name": name}
-        if parent is not None and parent[0] == "Deployment":
-            out["k8s.deployment.name"] = parent[1]
-        return out
-    if kind == "Job":
-        out = {"k8s.job.name": name}
-        if parent is not None and parent[0] == "CronJob":
-            out["k8s.cronjob.name"] = parent[1]
-        return out
-    attr = DIRECT.get(kind)
-    return {attr: name} if attr else {}
 
 
 def status_message(exc: Any) -> str:
@@ -242,9 +211,7 @@ class KubePodSource:
         self._view: Mapping[str, PodInfo] = self._published
         self._view_version = 0
         self._rv = ""
-        self._owners: dict[tuple[str, str, str], dict[str, str]] = {}
-        self._owner_warned: set[tuple[str, int]] = set()
-        self._owner_pause_until = 0.0
+        self._resolver = OwnerResolver(self._fetch_owner, _logger, RBAC_HINT)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._resp: Any = None
@@ -252,6 +219,7 @@ class KubePodSource:
         self._down_since: float | None = None
         self._trouble = RateLimited(_logger, 60.0)  # unreachable, failing
         self._refused = RateLimited(_logger, 60.0)  # 401/403: a different trouble, reported on its own
+        self._skips = SkipWarnings(_logger)  # pods with fields of the wrong type
 
     # -- PodSource --------------------------------------------------------------------------
 
@@ -437,9 +405,7 @@ class KubePodSource:
     def _convert(self, obj: Mapping[str, Any]) -> PodInfo | None:
         got = pod_from_object(obj)
         if isinstance(got, str):
-            meta = obj.get("metadata")
-            meta = meta if isinstance(meta, Mapping) else {}
-            _logger.warning("pod %s/%s from the API skipped: %s", meta.get("namespace"), meta.get("name"), got)
+            self._skips.warn("the API", pod_name(obj), got)
             return None
         if got.owner is not None:
             workload = self.workload(got.namespace, got.owner, got.labels)
@@ -451,28 +417,8 @@ class KubePodSource:
 
     def workload(self, namespace: str, owner: tuple[str, str], labels: Mapping[str, str]) -> dict[str, str]:
         """Workload attributes of a pod in ``namespace`` controlled by ``owner``; one GET per
-        new ReplicaSet or Job, cached."""
-        kind, name = owner
-        if kind not in LOOKED_UP:
-            attr = DIRECT.get(kind)
-            return {attr: name} if attr else workload_from_owner(owner, labels)
-        key = (namespace, kind, name)
-        cached = self._owners.get(key)
-        if cached is not None:
-            return dict(cached)
-        if time.monotonic() < self._owner_pause_until:
-            return workload_from_owner(owner, labels)
-        try:
-            result = workload_from_owner_object(kind, name, self.get_owner(kind, namespace, name))
-        except ApiException as exc:
-            if exc.status not in (403, 404):
-                return self._owner_unavailable(owner, labels, exc)
-            self._warn_owner_once(kind, namespace, name, exc)
-            result = workload_from_owner(owner, labels)
-        except TRANSPORT_ERRORS as exc:
-            return self._owner_unavailable(owner, labels, exc)
-        self._owners[key] = result
-        return dict(result)
+        new ReplicaSet or Job, cached (otel_podnet.owners.OwnerResolver)."""
+        return self._resolver.workload(namespace, owner, labels)
 
     def get_owner(self, kind: str, namespace: str, name: str) -> Mapping[str, Any]:
         """The owner object (a ReplicaSet or a Job) as the API returns it."""
@@ -485,52 +431,18 @@ class KubePodSource:
             resp = self._batch.read_namespaced_job(name, namespace, _preload_content=False, _request_timeout=timeout)
         return _json(resp)
 
-    def _owner_unavailable(
-        self, owner: tuple[str, str], labels: Mapping[str, str], exc: BaseException
-    ) -> dict[str, str]:
-        """The API failed us for a reason that may pass: labels only, not cached, and no owner
-        lookups for a while (a pod burst must not wait on a struggling API)."""
-        self._owner_pause_until = time.monotonic() + 30.0
-        self._trouble.log(
-            logging.WARNING,
-            "cannot resolve the workload of %s %s (%s); using the pod's labels for now",
-            owner[0],
-            owner[1],
-            describe(exc),
-        )
-        return workload_from_owner(owner, labels)
-
-    def _warn_owner_once(self, kind: str, namespace: str, name: str, exc: Any) -> None:
-        status = int(exc.status)
-        if (kind, status) in self._owner_warned:
-            return
-        self._owner_warned.add((kind, status))
-        resource = LOOKED_UP[kind]
-        if status == 403:
-            _logger.warning(
-                "cannot get %s (403 Forbidden: %s): workload names of pods owned by a %s come from their labels only; "
-                "grant get on %s (%s)",
-                resource,
-                status_message(exc),
-                kind,
-                resource,
-                RBAC_HINT,
-            )
-        else:
-            _logger.warning(
-                "%s %s/%s not found (404): workload names of its pods come from their labels only "
-                "(further %s not found are not reported)",
-                kind,
-                namespace,
-                name,
-                resource,
-            )
+    def _fetch_owner(self, kind: str, namespace: str, name: str) -> Mapping[str, Any]:
+        """get_owner, its failures as the resolver knows them."""
+        try:
+            return self.get_owner(kind, namespace, name)
+        except ApiException as exc:
+            status = int(exc.status) if exc.status else None
+            raise OwnerLookupError(status, describe(exc), status_message(exc)) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise OwnerLookupError(None, describe(exc)) from exc
 
     def _prune_owners(self) -> None:
-        if len(self._owners) <= len(self._pods) + 256:
-            return
-        used = {(p.namespace, *p.owner) for p in self._pods.values() if p.owner is not None}
-        self._owners = {k: v for k, v in self._owners.items() if k in used}
+        self._resolver.prune({(p.namespace, *p.owner) for p in self._pods.values() if p.owner is not None})
 
     # -- list and watch ---------------------------------------------------------------------
 
@@ -549,7 +461,8 @@ class KubePodSource:
             if token:
                 kwargs["_continue"] = token
             doc = _json(self._core.list_pod_for_all_namespaces(**kwargs))
-            for item in doc.get("items") or []:
+            items = doc.get("items")
+            for item in items if isinstance(items, list) else []:
                 if not isinstance(item, Mapping):
                     continue
                 info = self._convert(item)

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from . import __version__
 from .inventory import PodInfo
+from .settings import ConfigError
 
 _ANN = "resource.opentelemetry.io/"
 _WORKLOAD_ORDER = (
@@ -31,9 +32,15 @@ def env_attributes(env: Mapping[str, str] | None = None) -> dict[str, str]:
     raw = (os.environ if env is None else env).get("OTEL_RESOURCE_ATTRIBUTES", "")
     out: dict[str, str] = {}
     for item in raw.split(","):
+        if not item.strip():
+            continue
         key, sep, value = item.partition("=")
-        if sep and key.strip():
-            out[key.strip()] = unquote(value.strip())
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"OTEL_RESOURCE_ATTRIBUTES {raw!r}: entry {item.strip()!r}: expected key=value pairs "
+                "separated by commas, such as k8s.cluster.name=prod"
+            )
+        out[key.strip()] = unquote(value.strip())
     return out
 
 

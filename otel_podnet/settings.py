@@ -7,6 +7,7 @@ expected; the CLI prints it on one line and exits 2.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from .capacity import DEFAULT_MAX_PODS, MAX_MAX_PODS
 
+# a DNS subdomain name, as Kubernetes names nodes
+_NODE_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 EXPORTERS = ("otlp", "prometheus", "console", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -74,7 +77,7 @@ def parse_interval(cli: str | None, env: Mapping[str, str]) -> float:
         try:
             v = float(raw) / 1000.0
         except ValueError:
-            raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL {raw!r}: expected milliseconds") from None
+            raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL {raw!r}: expected milliseconds, such as 10000") from None
         what = f"OTEL_METRIC_EXPORT_INTERVAL {raw!r}"
     else:
         return 10.0
@@ -112,30 +115,49 @@ def build(
     max_pods: str | None = None,
 ) -> Settings:
     env = os.environ if env is None else env
-    pods = pods_file or env.get("PODNET_PODS_FILE") or None
-    kube = kubeconfig or env.get("KUBECONFIG") or None
-    cg = cgroup_root or env.get("PODNET_CGROUP_ROOT") or None
+
+    def pick(cli: str | None, var: str, option: str) -> tuple[str | None, str]:
+        """The value and the name to put in an error: the option's, or the variable's."""
+        if cli:
+            return cli, option
+        return (env.get(var) or None), var
+
+    pods, pods_what = pick(pods_file, "PODNET_PODS_FILE", "--pods-file")
+    kube, kube_what = pick(kubeconfig, "KUBECONFIG", "--kubeconfig")
+    cg, cg_what = pick(cgroup_root, "PODNET_CGROUP_ROOT", "--cgroup-root")
     if cg is not None and not Path(cg).is_dir():
-        raise ConfigError(f"--cgroup-root {cg!r}: expected the cgroup v2 mount directory")
+        raise ConfigError(f"{cg_what} {cg!r}: expected the cgroup v2 mount directory")
     if pods is not None and not Path(pods).is_file():
-        raise ConfigError(f"--pods-file {pods!r}: expected an existing PodList file (kubectl get pods -o yaml)")
+        raise ConfigError(f"{pods_what} {pods!r}: expected an existing pods file (kubectl get pods -o yaml)")
     if kube is not None and ":" not in kube and not Path(kube).is_file():
-        raise ConfigError(f"--kubeconfig {kube!r}: expected an existing kubeconfig file")
+        raise ConfigError(f"{kube_what} {kube!r}: expected an existing kubeconfig file")
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"--log-level {log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     if log_format not in LOG_FORMATS:
         raise ConfigError(f"--log-format {log_format!r}: expected one of {', '.join(LOG_FORMATS)}")
-    prom = prometheus_address or env.get("PODNET_PROMETHEUS_ADDRESS") or "0.0.0.0:9464"
-    health = health_address or env.get("PODNET_HEALTH_ADDRESS") or None
+    prom_raw, prom_what = pick(prometheus_address, "PODNET_PROMETHEUS_ADDRESS", "--prometheus-address")
+    health, health_what = pick(health_address, "PODNET_HEALTH_ADDRESS", "--health-address")
+    node, node_what = pick(node_name, "NODE_NAME", "--node-name")
+    if node is not None and not _NODE_NAME.fullmatch(node):
+        raise ConfigError(
+            f"{node_what} {node!r}: expected a Kubernetes node name (lowercase letters, digits, '-' and '.')"
+        )
+    from .resources import env_attributes
+
+    env_attributes(env)  # its bad entries, before any exporter (or the SDK) reads them
+    for var, what in (("PODNET_BPF_OBJECT", "the compiled BPF object (podnet.bpf.o)"), ("PODNET_LIBBPF", "libbpf.so")):
+        value = env.get(var)
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"{var} {value!r}: expected the path of an existing file, {what}")
     return Settings(
-        node_name=node_name or env.get("NODE_NAME") or socket.gethostname(),
+        node_name=node or socket.gethostname(),
         pods_file=Path(pods) if pods else None,
         kubeconfig=Path(kube) if kube else None,
         cgroup_root=Path(cg) if cg else None,
         interval=parse_interval(interval, env),
         exporters=parse_exporters(exporters, env),
-        prometheus_address=parse_address(prom, "--prometheus-address"),
-        health_address=parse_address(health, "--health-address") if health else None,
+        prometheus_address=parse_address(prom_raw or "0.0.0.0:9464", prom_what),
+        health_address=parse_address(health, health_what) if health else None,
         log_level=log_level,
         log_format=log_format,
         max_pods=parse_max_pods(max_pods, env),

@@ -89,6 +89,7 @@ class SimNode:
         self.pods: list[SimPod] = []
         self._netns: list[str] = []
         self._cgroups: list[Path] = []  # in creation order; removed in reverse
+        self._shared_cgroups: list[Path] = []  # parents it made that others may use too
         self._procs: list[subprocess.Popen[str]] = []
         self._hosts = 1
         self.node_cgroup = self._mkcgroup(Path(f"podnet-sim-{self.tag}.slice") / "node.scope")
@@ -113,13 +114,19 @@ class SimNode:
         self._netns.append(name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
 
-    def _mkcgroup(self, rel: Path) -> Path:
+    def _mkcgroup(self, rel: Path, shared: int = 0) -> Path:
+        """Make ``rel`` under the cgroup root. Its first ``shared`` parts (``kubepods.slice``,
+        ``kubepods-burstable.slice``, ...) are shared with every other simulated node on this
+        machine (test runs go on concurrently): made when missing but never killed, and
+        removed at cleanup only when nobody else uses them. The rest is this node's own."""
         path = self.cgroup_root
-        for part in rel.parts:
+        for i, part in enumerate(rel.parts):
             path = path / part
-            if not path.exists():
+            try:
                 path.mkdir()
-                self._cgroups.append(path)
+            except FileExistsError:
+                continue
+            (self._shared_cgroups if i < shared else self._cgroups).append(path)
         return path
 
     def add_pod(
@@ -151,8 +158,8 @@ class SimNode:
             else:
                 rel = Path("kubepods") / (f"pod{uid}" if qos == "guaranteed" else f"{qos}/pod{uid}")
                 scope = cid
-            pod_cg = self._mkcgroup(rel)
-            cont_cg = self._mkcgroup(rel / scope)
+            pod_cg = self._mkcgroup(rel, shared=len(rel.parts) - 1)
+            cont_cg = self._mkcgroup(rel / scope, shared=len(rel.parts) - 1)
         else:
             cont_cg = self.outside_cgroup
         if host_network:
@@ -403,6 +410,12 @@ class SimNode:
         for cg in reversed(self._cgroups):
             self._rmdir(cg)
         self._cgroups.clear()
+        for cg in reversed(self._shared_cgroups):
+            try:
+                cg.rmdir()  # only when empty: another node's pods may live under it
+            except OSError:
+                pass
+        self._shared_cgroups.clear()
         for ns in reversed(self._netns):
             sh("ip", "netns", "del", ns, check=False)
         self._netns.clear()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
+import re
 import signal
+import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,50 @@ from otel_podnet.simnode import SimNode, SimPod
 
 from .apiserver import kube_apiserver, kube_bin_dir  # noqa: F401  (fixtures)
 from .collector import CONFIG_DIR, SELF_TELEMETRY_OFF, build_otelcol, free_port, run_collector
+
+
+def agent_map(pid: int, name: str) -> list[tuple[bytes, bytes]] | None:
+    """(key, value) of every entry of one of the agent's BPF maps, found through the agent's
+    own map fds (other agents on this machine have maps of the same names); None when the
+    agent holds no such map (yet)."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^map_id:\s*(\d+)", text, re.M)
+        if m:
+            ids.add(m.group(1))
+    for map_id in sorted(ids):
+        show = subprocess.run(["bpftool", "-j", "map", "show", "id", map_id], capture_output=True, text=True)
+        if show.returncode != 0 or json.loads(show.stdout).get("name") != name:
+            continue
+        out = subprocess.run(["bpftool", "-j", "map", "dump", "id", map_id], capture_output=True, check=True).stdout
+        return [(bytes(int(b, 16) for b in e["key"]), bytes(int(b, 16) for b in e["value"])) for e in json.loads(out)]
+    return None
+
+
+def agent_cgroups(pid: int) -> dict[int, tuple[int, int]]:
+    """The agent's podnet_cgroups map: cgroup id -> (slot, kind)."""
+    entries = agent_map(pid, "podnet_cgroups")
+    assert entries is not None, f"agent {pid} holds no podnet_cgroups map"
+    out = {}
+    for key, value in entries:
+        slot, kind = struct.unpack_from("<II", value)
+        out[struct.unpack("<Q", key)[0]] = (slot, kind)
+    return out
+
+
+def agent_pod_ips(pid: int) -> list[str]:
+    """The keys of the agent's podnet_pod_ips map, IPv4 unmapped from ::ffff:a.b.c.d."""
+    entries = agent_map(pid, "podnet_pod_ips")
+    assert entries is not None, f"agent {pid} holds no podnet_pod_ips map"
+    out = []
+    for key, _ in entries:
+        addr = ipaddress.IPv6Address(key)
+        out.append(str(addr.ipv4_mapped or addr))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +137,14 @@ class AgentProc:
         return self.proc.returncode, err
 
 
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:  # not listening yet, or 503 starting
+        return False
+
+
 @contextlib.contextmanager
 def agent(
     pods_file: Path | None,
@@ -101,6 +157,7 @@ def agent(
     """The agent process; its pods come from ``pods_file``, or from the API server that
     ``kubeconfig`` points at (pass None as ``pods_file``)."""
     prom_port = free_port() if prometheus else None
+    health_port = free_port()
     source = ["--pods-file", str(pods_file)] if pods_file is not None else []
     if kubeconfig is not None:
         source += ["--kubeconfig", str(kubeconfig)]
@@ -116,6 +173,8 @@ def agent(
         "sim-node",
         "--log-level",
         "info",
+        "--health-address",
+        f"127.0.0.1:{health_port}",
     ]
     for e in exporters:
         args += ["--exporter", e]
@@ -125,9 +184,16 @@ def agent(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
     )
     try:
-        time.sleep(1.0)
-        if proc.poll() is not None:
-            raise RuntimeError(f"agent exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        # Ready (/readyz) once its programs are attached and a first snapshot was taken: what
+        # the test does from then on is counted. A fixed pause was not enough on a busy
+        # machine, where a test's first connections came and went before the attach.
+        deadline = time.monotonic() + 60
+        while not _ready(health_port):
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("agent not ready after 60 s")
+            time.sleep(0.1)
         yield AgentProc(proc, prom_port)
     finally:
         if proc.poll() is None:
@@ -142,7 +208,9 @@ def exchange(node: SimNode, client: SimPod, server: SimPod, port: int, n: int, u
     node.result(srv)
 
 
-def wait_for(check: object, timeout: float = 20.0, what: str = "") -> None:
+def wait_for(check: object, timeout: float = 60.0, what: str = "") -> None:
+    """Until ``check()`` holds. The default is generous: on a machine busy with other work
+    (other test runs, builds) the agent and the Collector can take many seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]

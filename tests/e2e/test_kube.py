@@ -342,7 +342,11 @@ def assert_agent_matches_api(
     want_ips = sorted(ip for p in truth.values() for ip in pod_ips(p))
 
     def agent_matches() -> bool:
-        gauge, pods = agent_view(a)
+        try:
+            gauge, pods = agent_view(a)
+        except OSError:  # /metrics not served yet: a busy machine can take seconds to start it
+            assert a.proc.poll() is None, "the agent exited"
+            return False
         got = {
             uid: (lb.get("k8s_pod_name"), lb.get("k8s_namespace_name"))
             for uid, lb in pods.items()

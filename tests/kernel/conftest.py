@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from otel_podnet import abi
 from otel_podnet.cgroups import find_cgroup2_mount
 from otel_podnet.core import Core
 from otel_podnet.datapath import default_object_path
@@ -52,6 +53,11 @@ def node(cgroup_root: Path) -> Iterator[SimNode]:
         n.cleanup()
 
 
+def cgroup_id(cgroup: Path) -> int:
+    """The kernel's id of a cgroup v2 directory (its inode number)."""
+    return os.stat(cgroup).st_ino
+
+
 @dataclass
 class Agent:
     """The agent core running in-process on a simulated node, fed by a pods file."""
@@ -70,6 +76,30 @@ class Agent:
             if s.uid == uid:
                 return s.counters
         return Counters()
+
+    def cgroup_map(self) -> dict[int, tuple[int, int]]:
+        """cgroup id -> (slot, kind): the kernel's podnet_cgroups map as it is now."""
+        return {cgid: (slot, kind) for cgid, slot, kind in self.core.datapath.cgroup_entries()}
+
+    def pod_slots(self, pod: SimPod) -> dict[int, tuple[int, int]]:
+        """The map entries of the pod's own cgroups (its pod and container cgroups)."""
+        mine = {cgroup_id(cg) for cg in (pod.pod_cgroup, pod.cgroup) if cg is not None}
+        return {cgid: v for cgid, v in self.cgroup_map().items() if cgid in mine}
+
+    def owned_slots(self, uid: str) -> set[int]:
+        """The counting slots the agent holds for one pod (its cgroups' and its IP's)."""
+        return {slot for slot, owner in self.core.attributor._slot_owner.items() if owner == uid}
+
+    def witness(self, cgroup: Path) -> int:
+        """Count one node cgroup in a slot of its own from now on, so a test can read the
+        traffic of a node process it started itself exactly: every other process of this
+        machine (downloads, other test runs) also counts for the node. The cgroup stays a
+        host cgroup (CG_HOST), which the agent never reclassifies."""
+        slot = self.core.datapath.pop_free_slot()
+        assert slot is not None
+        self.core.datapath.set_cgroup(cgroup_id(cgroup), slot, abi.CG_HOST)
+        self.core.datapath.bump_generation()
+        return slot
 
     def settle(self, pod: SimPod | None, check: Callable[[Counters], bool], timeout: float = 10) -> Counters:
         """Collect until ``check`` holds (the kernel may still be finishing a close), then

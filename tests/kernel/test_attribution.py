@@ -6,10 +6,11 @@ from collections.abc import Callable
 
 import pytest
 
+from otel_podnet.abi import CG_HOST, SLOT_NODE
 from otel_podnet.samples import Counters
 from otel_podnet.simnode import SimNode, SimPod
 
-from .conftest import Agent
+from .conftest import Agent, cgroup_id
 
 
 def exchange(node: SimNode, client: SimPod | None, server: SimPod, port: int, n: int = 3) -> None:
@@ -59,19 +60,26 @@ def test_host_network_pod_and_node_process(node: SimNode, start_agent: Callable[
     hn = node.add_pod("hostnet", host_network=True)
     b = node.add_pod("b")
     agent = start_agent()
-    node_before = agent.counters(None)
+    # the node process's cgroup (one of this test's own) is the node's: a host cgroup on
+    # the node slot
+    node_cg = cgroup_id(node.node_cgroup)
+    assert agent.cgroup_map()[node_cg] == (SLOT_NODE, CG_HOST)
+    # The node slot also holds every other process of this machine (downloads, other test
+    # runs): the node process's own sockets are read through a slot of their own.
+    witness = agent.witness(node.node_cgroup)
     exchange(node, hn, b, 5102, n=4)  # the hostNetwork pod, from the node's IP
     exchange(node, None, b, 5103, n=2)  # a node process, from the same IP
     chn = agent.settle(hn, lambda c: c.closed_out == 4)
     cb = agent.settle(b, lambda c: c.closed_in == 6)
-    cn = agent.counters(None)
+    cn = agent.core.datapath.read_slot(witness)
     assert conn(chn) == (4, 0, 40_000, 4_000)  # its own four, not the node's two
     assert conn(cb) == (0, 6, 6_000, 60_000)
-    # The node's figures also hold every other process of this machine (the test runner's
-    # own connections), so they are checked as "at least the node process's two".
-    assert cn.opened_out - node_before.opened_out >= 2
-    assert cn.payload_tx - node_before.payload_tx >= 20_000
-    assert cn.payload_rx - node_before.payload_rx >= 2_000
+    assert conn(cn) == (2, 0, 20_000, 2_000)  # the node process's two, not the pod's four
+    assert (cn.closed_out, cn.opened_in) == (2, 0)
+    # on the wire, b received exactly what the pod and the node process sent
+    assert chn.bytes_tx_tcp + cn.bytes_tx_tcp == cb.bytes_rx_tcp
+    assert chn.packets_tx_tcp + cn.packets_tx_tcp == cb.packets_rx_tcp
+    assert agent.cgroup_map()[node_cg] == (witness, CG_HOST)  # the agent left it as a host cgroup
 
 
 def test_ip_fallback_for_a_pod_outside_pod_cgroups(node: SimNode, start_agent: Callable[[], Agent]) -> None:
@@ -92,7 +100,8 @@ def test_removed_pod_final_then_gone_and_slots_recycled(node: SimNode, start_age
     agent = start_agent()
     exchange(node, a, b, 5106)
     agent.settle(a, lambda c: c.closed_out == 3)
-    slots_before = agent.core.attributor.health(0).slots_in_use
+    slots_before = agent.owned_slots(a.uid)
+    assert len(slots_before) == 2  # its cgroups share one slot; its IP has the other
     node.remove_pod(a)
     agent.publish()
     finals = []
@@ -102,7 +111,8 @@ def test_removed_pod_final_then_gone_and_slots_recycled(node: SimNode, start_age
     # reported while its slots drain, exactly once as final, then never again
     assert [s.final for s in finals].count(True) == 1
     assert finals[-1].final and conn(finals[-1].counters) == (3, 0, 30_000, 3_000)
-    assert agent.core.attributor.health(0).slots_in_use < slots_before
+    # both given back (slots_in_use would also count other pods of this machine)
+    assert agent.owned_slots(a.uid) == set()
 
 
 def test_closed_where_opened_after_the_ip_fallback_is_learnt(node: SimNode, start_agent: Callable[[], Agent]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from otel_podnet.abi import CG_POD, SLOT_NODE
 from otel_podnet.simnode import SimNode
 
 from .conftest import Agent
@@ -41,9 +42,18 @@ def test_fifty_connections_exact(node: SimNode, start_agent: Callable[[], Agent]
     # what one side sent on the wire is what the other received
     assert (ca.bytes_tx_tcp, ca.packets_tx_tcp) == (cb.bytes_rx_tcp, cb.packets_rx_tcp)
     assert (cb.bytes_tx_tcp, cb.packets_tx_tcp) == (ca.bytes_rx_tcp, ca.packets_rx_tcp)
-    # the node carried none of it
-    n = agent.counters(None)
-    assert n.bytes_tx_tcp == n.bytes_rx_tcp == n.opened_out == n.opened_in == 0
+    # Every socket counts in the one slot its cgroup maps to: the pods' cgroups map to the
+    # pods' own slots, and no other cgroup (the node's, other pods') maps there, so none of
+    # these figures is the node's or another's. (The node slot itself also holds whatever
+    # else this machine does meanwhile, so it says nothing about this test.)
+    for pod in (a, b):
+        entries = agent.pod_slots(pod)
+        assert len(entries) == 2  # its pod cgroup and its container's
+        assert all(kind == CG_POD and slot in agent.owned_slots(pod.uid) for slot, kind in entries.values())
+    pod_slots = {slot for pod in (a, b) for slot, _ in agent.pod_slots(pod).values()}
+    assert SLOT_NODE not in pod_slots
+    counted_there = {cgid for cgid, (slot, _) in agent.cgroup_map().items() if slot in pod_slots}
+    assert counted_there == set(agent.pod_slots(a)) | set(agent.pod_slots(b))
 
 
 def test_refused_connections(node: SimNode, start_agent: Callable[[], Agent]) -> None:

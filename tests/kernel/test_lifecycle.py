@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,16 +33,30 @@ def attached_ids(cgroup_root: Path) -> set[int]:
     return {int(p["id"]) for p in json.loads(out or "[]")}
 
 
+def prog_ids_of(pid: int) -> set[int]:
+    """The ids of the BPF programs a process holds (its program and link fds)."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^prog_id:\s*(\d+)", text, re.M)
+        if m:
+            ids.add(int(m.group(1)))
+    return ids
+
+
 class Ours:
-    """The programs the agent under test loaded: those that appeared after it started (an
-    agent elsewhere on the machine, such as a concurrent test run, is not ours)."""
+    """The programs the agent under test loaded: those its own process holds (agents of
+    concurrent test runs load programs of the same names at any moment)."""
 
     def __init__(self) -> None:
-        self.before = set(podnet_progs())
         self.ids: dict[int, str] = {}
 
-    def take(self) -> None:
-        self.ids = {i: n for i, n in podnet_progs().items() if i not in self.before}
+    def take(self, pid: int) -> None:
+        held = prog_ids_of(pid)
+        self.ids = {i: n for i, n in podnet_progs().items() if i in held}
 
     def loaded(self) -> list[str]:
         now = podnet_progs()
@@ -111,7 +126,7 @@ def test_sigterm_final_export_and_detach(tmp_path: Path, node: SimNode, cgroup_r
     a = node.add_pod("a")
     ours = Ours()
     proc = start(tmp_path, node, cgroup_root)
-    ours.take()
+    ours.take(proc.pid)
     try:
         assert sorted(ours.loaded()) == sorted(
             ["podnet_ingress", "podnet_egress", "podnet_state", "podnet_retrans", "podnet_rst_tx", "podnet_rst_rx"]
@@ -134,7 +149,7 @@ def test_sigkill_leaves_nothing(tmp_path: Path, node: SimNode, cgroup_root: Path
     node.add_pod("a")
     ours = Ours()
     proc = start(tmp_path, node, cgroup_root)
-    ours.take()
+    ours.take(proc.pid)
     assert len(ours.loaded()) == 6 and len(ours.attached(cgroup_root)) == 2
     proc.kill()
     proc.communicate(timeout=20)

@@ -19,8 +19,9 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from otel_podnet import kube, kube_source
-from otel_podnet.kube import KubePodSource, backoff_delay, describe, first_list_error, workload_from_owner_object
+from otel_podnet.kube import KubePodSource, backoff_delay, describe, first_list_error
 from otel_podnet.kube_source import ApiTarget, choose_target, maybe_api_source
+from otel_podnet.owners import workload_from_owner_object
 from otel_podnet.settings import ConfigError, NotReady, Settings
 
 SERVER = "https://10.0.0.1:6443"
@@ -214,7 +215,7 @@ def test_unreachable_owner_lookup_is_retried_later_not_cached(monkeypatch: pytes
     }
     src.workload("shop", ("ReplicaSet", "w-9"), {"pod-template-hash": "9"})
     assert len(api.calls) == 1  # paused after a failure
-    src._owner_pause_until = 0.0
+    src._resolver.pause_until = 0.0
     api.objects[("ReplicaSet", "shop", "w-9")] = owned_by("Deployment", "web")
     assert src.workload("shop", ("ReplicaSet", "w-9"), {})["k8s.deployment.name"] == "web"
 
@@ -271,6 +272,43 @@ def test_events_change_the_view_and_refresh_reports_it() -> None:
 
     with pytest.raises(kube._Gone):
         src.apply_event({"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}})
+
+
+def test_pods_with_fields_of_the_wrong_type_never_end_the_watch(caplog: pytest.LogCaptureFixture) -> None:
+    src = make_source()
+    src.apply_event(event("ADDED", pod("good", "u-good", "10.1.0.5"), "1"))
+    bad: list[dict[str, Any]] = []
+    for i, (where, key, value) in enumerate(
+        [
+            ("metadata", "labels", ["app"]),
+            ("metadata", "annotations", "x"),
+            ("status", "podIP", "10.1.0.300"),
+            ("spec", "hostNetwork", "false"),
+            ("metadata", "ownerReferences", 7),
+        ]
+    ):
+        p = pod(f"bad{i}", f"u-bad{i}", "10.1.0.9")
+        p[where][key] = value
+        bad.append(p)
+    not_a_pod = {"metadata": ["x"], "spec": 1}
+    with caplog.at_level(logging.WARNING, logger="otel_podnet.kube"):
+        for kind in ("ADDED", "MODIFIED", "MODIFIED"):  # status updates repeat them
+            for n, p in enumerate(bad):
+                src.apply_event(event(kind, p, str(10 + n)))
+            src.apply_event({"type": kind, "object": not_a_pod})
+    assert src.refresh() is True and set(src.pods()) == {"u-good"}
+    assert src._rv == "14"
+    assert [r.getMessage() for r in caplog.records] == [
+        "the API: pod shop/bad0 skipped: metadata.labels: expected a mapping, got list",
+        "the API: pod shop/bad1 skipped: metadata.annotations: expected a mapping, got str",
+        "the API: pod shop/bad2 skipped: status.podIP: '10.1.0.300' is not an IP address",
+        "the API: pod shop/bad3 skipped: spec.hostNetwork: expected true or false, got 'false'",
+        "the API: pod shop/bad4 skipped: metadata.ownerReferences: expected a list, got int",
+        "the API: pod ?/? skipped: pod.metadata: expected a mapping, got list",
+    ]
+    # the watch goes on: the next update of a good pod is taken
+    src.apply_event(event("MODIFIED", pod("good", "u-good", "10.1.0.6"), "20"))
+    assert src.refresh() is True and src.pods()["u-good"].ips == ("10.1.0.6",)
 
 
 def test_relist_replaces_the_view_at_once(caplog: pytest.LogCaptureFixture) -> None:
