@@ -366,11 +366,24 @@ def test_500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> N
     from otel_podnet.cgroups import find_cgroup2_mount
 
     root = find_cgroup2_mount()
-    top = root / f"kubepods-e2e{uuid.uuid4().hex[:6]}.slice"  # a kubepods subtree of its own, removed below
+    tag = uuid.uuid4().hex[:6]
+    top = root / f"kubepods-e2e{tag}.slice"  # a kubepods subtree of its own, removed below
+    # Loopback is no network traffic (the kernel skips it), so the pods' one datagram leaves
+    # through a veth in a namespace of the test's own, to an address on its link.
+    netns = f"pnchurn{tag}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
     pods_file = tmp_path / "pods.yaml"
     pods_file.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "PodList", "items": []}))
     top.mkdir()
     try:
+        for cmd in (
+            "link add churn0 type veth peer name churn1",
+            "addr add 198.19.255.1/24 dev churn0",
+            "link set churn0 up",
+            "link set churn1 up",
+            "neigh add 198.19.255.2 lladdr 02:00:00:00:00:02 dev churn0 nud permanent",  # no ARP
+        ):
+            subprocess.run(["ip", "-n", netns, *cmd.split()], check=True)
         with gateway(otelcol, tmp_path / "col") as col:
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": col.grpc_endpoint}
             with agent(pods_file, env, interval=0.2, prometheus=True) as ag:
@@ -389,7 +402,7 @@ def test_500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> N
                         cgids[os.stat(d).st_ino] = uid
                         # a socket in the pod's cgroup: the kernel gives the cgroup a slot
                         subprocess.run(
-                            ["bash", "-c", "echo x > /dev/udp/127.0.0.1/9"],
+                            ["ip", "netns", "exec", netns, "bash", "-c", "echo x > /dev/udp/198.19.255.2/9"],
                             check=True,
                             preexec_fn=lambda d=d: (d / "cgroup.procs").write_text(str(os.getpid())),
                         )
@@ -427,6 +440,7 @@ def test_500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> N
             if d.is_dir():
                 d.rmdir()
         top.rmdir()
+        subprocess.run(["ip", "netns", "delete", netns], check=False)
     # nothing of the 500 pods is left in the last request, the agent's view or the kernel.
     # (The agent also sees, by their cgroups, the pods of test runs going on concurrently on
     # this machine: only this test's own cgroups, UIDs and IPs are looked for.)
