@@ -14,8 +14,11 @@
 /*
  * struct sock_cgroup_data lost its packed u64 union in v5.15,
  * commit 8520e224f547 ("bpf, cgroups: Fix cgroup v2 fallback on v1/v2 mixed mode").
- * Before it, .val held the cgroup pointer unless bit 0 (is_data) was set, which only
- * happened when net_cls/net_prio v1 were in use: then v2 attribution is unavailable.
+ * Before it, .val held the cgroup pointer unless one of its two low bits was set: bit 0
+ * (is_data) when net_cls/net_prio v1 were in use, and from v5.8 (v5.7 stable), commit
+ * ad0f75e5f57c ("cgroup: fix cgroup_sk_alloc() for sk_clone_lock()"), bit 1 (no_refcnt)
+ * when cgroup socket accounting was disabled. The kernel then takes the v2 root
+ * (sock_cgroup_ptr() tests `val & 3`), so do we: 0, the node's, never a tagged pointer.
  */
 struct sock_cgroup_data___old {
 	union {
@@ -33,7 +36,7 @@ static __always_inline __u64 podnet_sk_cgroup_id(const struct sock *sk)
 
 	struct sock_cgroup_data___old *old = (void *)&sk->sk_cgrp_data;
 	__u64 val = BPF_CORE_READ(old, val);
-	if (val & 1)
+	if (val & 3)
 		return 0;
 	return BPF_CORE_READ((struct cgroup *)(unsigned long)val, kn, id);
 }
