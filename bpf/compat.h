@@ -9,6 +9,7 @@
 #define __PODNET_COMPAT_H
 
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "podnet_kernel.h"
 
 /*
@@ -48,6 +49,21 @@ static __always_inline __u64 podnet_sk_cgroup_id(const struct sock *sk)
 static __always_inline __u32 podnet_sk_protocol(const struct sock *sk)
 {
 	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+}
+
+/*
+ * The peer port of a cgroup_skb socket. A 16-bit load of bpf_sock->dst_port is accepted
+ * only from v5.18, commit 4421a582718a ("bpf: Make dst_port field in struct bpf_sock
+ * 16-bit wide"); before it the verifier rejects the program, and with it the whole object.
+ * A 32-bit load is accepted by every kernel (v5.18 kept it for compatibility), and the
+ * kernel rewrites it into a load of the 16-bit skc_dport, zero-extended: the low 16 bits
+ * are the port in network order. volatile keeps clang from narrowing the load.
+ */
+static __always_inline __u16 podnet_bpf_sock_dport(const struct bpf_sock *sk)
+{
+	__u32 wide = *(volatile const __u32 *)&sk->dst_port;
+
+	return bpf_ntohs((__u16)wide);
 }
 
 #endif /* __PODNET_COMPAT_H */
