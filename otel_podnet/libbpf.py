@@ -28,7 +28,16 @@ class LibbpfError(OSError):
 
 
 def _load_library() -> ctypes.CDLL:
-    candidates = [os.environ.get("PODNET_LIBBPF", ""), "libbpf.so.1", ctypes.util.find_library("bpf") or ""]
+    """The system libbpf.so.1, or exactly the copy PODNET_LIBBPF names (a path to a
+    libbpf.so.1 built elsewhere, e.g. to test another libbpf release): never a silent
+    fallback from it to the system's."""
+    chosen = os.environ.get("PODNET_LIBBPF", "")
+    if chosen:
+        try:
+            return ctypes.CDLL(chosen, use_errno=True)
+        except OSError as exc:
+            raise LibbpfError(errno.ENOENT, f"PODNET_LIBBPF={chosen}: cannot load it ({exc})") from exc
+    candidates = ["libbpf.so.1", ctypes.util.find_library("bpf") or ""]
     last: OSError | None = None
     for name in candidates:
         if not name:
