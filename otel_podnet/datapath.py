@@ -12,7 +12,7 @@ from importlib import resources
 from logging import getLogger
 from pathlib import Path
 
-from . import abi
+from . import abi, features
 from .libbpf import BPF_NOEXIST, BpfObject, LibbpfError, Link, num_possible_cpus
 from .samples import Counters
 
@@ -55,6 +55,7 @@ class Datapath:
         self._ncpus = num_possible_cpus()
         self._per_cpu = (abi.PodnetCounters * self._ncpus)()  # reused by read_slot
         self._links: list[Link] = []
+        self.degraded: tuple[features.Degraded, ...] = ()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -70,6 +71,9 @@ class Datapath:
             obj.close()
             raise
         self._obj = obj
+        self.degraded = features.probe()
+        for d in self.degraded:
+            _logger.warning("degraded: %s", d.line())
         self.stats = obj.map("podnet_stats", 4, ctypes.sizeof(abi.PodnetCounters))
         self.freeslot = obj.map("podnet_freeslot", 0, 4)
         self.cgroups = obj.map("podnet_cgroups", 8, ctypes.sizeof(abi.PodnetCgroup))

@@ -21,6 +21,9 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 _BTF_KIND_DATASEC = 15
+BTF_KIND_STRUCT = 4
+BTF_KIND_ENUM = 6
+BTF_KIND_ENUM64 = 19
 
 
 class LibbpfError(OSError):
@@ -85,6 +88,8 @@ def _declare(lb: ctypes.CDLL) -> ctypes.CDLL:
         "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
         "bpf_link__destroy": (ci, [vp]),
         "btf__find_by_name_kind": (ctypes.c_int32, [vp, cs, cu32]),
+        "btf__load_vmlinux_btf": (vp, []),
+        "btf__free": (None, [vp]),
         "btf__type_by_id": (vp, [vp, cu32]),
         "btf__name_by_offset": (cs, [vp, cu32]),
         "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
@@ -137,6 +142,17 @@ def num_possible_cpus() -> int:
     if n <= 0:
         raise LibbpfError(-n, "libbpf_num_possible_cpus failed")
     return n
+
+
+def kernel_btf_has_type(name: str, kinds: tuple[int, ...]) -> bool:
+    """Whether the running kernel's BTF (/sys/kernel/btf/vmlinux) has a type of this name
+    and one of these kinds: the user-space side of bpf_core_type_exists()."""
+    lb = lib()
+    btf = _check_ptr(lb.btf__load_vmlinux_btf(), "loading the kernel's BTF")
+    try:
+        return any(lb.btf__find_by_name_kind(btf, name.encode(), kind) > 0 for kind in kinds)
+    finally:
+        lb.btf__free(btf)
 
 
 def _check(rc: int, what: str) -> int:
