@@ -52,6 +52,10 @@ GUEST_TESTS = (
     "no:cacheprovider",
     "--color=no",
     "--durations=5",
+    # The one scale test (10,000 connections) is the host's: under TCG it alone would take
+    # most of the guest's time, and what it adds over the fifty-connection test is load,
+    # not a kernel difference.
+    "--deselect=tests/kernel/test_connections.py::test_ten_thousand_short_connections",
 )
 
 
@@ -99,6 +103,10 @@ def vng_command(
     cmd.append(f"--rodir={modules}={modules}")
     if not kvm:
         cmd.append("--disable-kvm")
+        if cpus > (os.cpu_count() or 1):
+            # more vCPUs than host cores (a big-node measurement): one TCG thread runs them
+            # all, instead of one thread each fighting over the cores of a shared machine
+            cmd.append("--qemu-opts=-accel tcg,thread=single")
     cmd += ["--append", "loglevel=4"]  # kernel warnings and worse only, on the console
     return [*cmd, "--cwd", str(REPO), "--exec", script]
 
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="every kernel with every libbpf")
     p.add_argument("--kernel", help="one kernel series (6.1, 6.12)")
     p.add_argument("--libbpf", help="one libbpf series (1.1, 1.4)")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per guest (default 900)")
+    p.add_argument("--timeout", type=float, default=1500, help="seconds per guest (default 1500)")
     p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
     p.add_argument("--memory", default="4G", help="guest memory (default 4G)")
     p.add_argument("command", nargs="*", help="the command to run in the guest (default: check, then tests/kernel)")
