@@ -94,13 +94,15 @@ def main() -> int:
             for _ in range(args.rounds):
                 snap = core.collect()
                 durations.append(snap.health.collection_seconds)
-            seen = sum(1 for s in snap.samples if s.uid is not None and s.counters.packets_tx_udp == 1)
+            slots = snap.health.slots_in_use
+            ours = {pod.uid for pod in pods}
+            seen = sum(1 for s in snap.samples if s.uid in ours and s.counters.packets_tx_udp == 1)
             maps = bpf_maps_of_this_process()
             rss_after = rss_kib()
         finally:
             core.close()
     total = sum(m[3] for m in maps)
-    print(f"pods reporting their one datagram: {seen} of {len(pods)}")
+    print(f"pods reporting their one datagram: {seen} of {len(pods)}; slots read per collection: {slots}")
     print("BPF maps (memlock, as bpftool map show prints it):")
     for name, map_id, entries, memlock in maps:
         print(f"  {name:<20} id {map_id:<6} max_entries {entries:>6}  {memlock / 1024:>10,.0f} KiB")
