@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 openssl ca-certificates \
-	qemu-system-x86 kmod file
+	qemu-system-x86 kmod busybox-static file
 PYTEST_ARGS ?=
 
 .PHONY: setup apt pip bpf demo test test-kernels unit kernel e2e e2e-tools lint bench clean
