@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -130,6 +131,9 @@ def boot(
     status_dir = Path(tempfile.mkdtemp(prefix="podnet-matrix-"))
     status_file = status_dir / "status"
     script = f"echo {STARTED}; {command}; rc=$?; echo $rc > {GUEST_STATUS_DIR}/status; echo {SENTINEL}$rc; sleep 1"
+    # vng and the virtme-run it calls live beside this Python's other scripts
+    scripts = sysconfig.get_path("scripts")
+    env = {**os.environ, "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(
         [*vng_command(kernel, script, kvm, cpus, memory, rodirs), f"--rwdir={GUEST_STATUS_DIR}={status_dir}"],
         stdout=subprocess.PIPE,
@@ -138,6 +142,7 @@ def boot(
         text=True,
         errors="replace",
         start_new_session=True,  # its own process group: QEMU goes with it on timeout
+        env=env,
     )
     lines: list[str] = []
     status: int | None = None
