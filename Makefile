@@ -56,8 +56,12 @@ e2e-tools:
 test-kernels: setup
 	$(PYTHON) tests/matrix/run.py
 
-test: setup e2e-tools lint test-kernels
-	$(PYTHON) -m pytest tests/unit tests/kernel tests/e2e $(PYTEST_ARGS)
+# The matrix first, then every test on this machine's kernel: both always run, and the
+# target fails when either does.
+test: setup e2e-tools lint
+	@$(PYTHON) tests/matrix/run.py; matrix=$$?; \
+	$(PYTHON) -m pytest tests/unit tests/kernel tests/e2e $(PYTEST_ARGS); tests=$$?; \
+	[ $$matrix -eq 0 ] && [ $$tests -eq 0 ]
 
 bench: setup
 	$(PYTHON) bench/run.py
