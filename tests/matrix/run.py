@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="every kernel with every libbpf")
     p.add_argument("--kernel", help="one kernel series (6.1, 6.12)")
     p.add_argument("--libbpf", help="one libbpf series (1.1, 1.4)")
-    p.add_argument("--timeout", type=float, default=1500, help="seconds per guest (default 1500)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per guest (default 1800)")
     p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
     p.add_argument("--memory", default="4G", help="guest memory (default 4G)")
     p.add_argument("command", nargs="*", help="the command to run in the guest (default: check, then tests/kernel)")
