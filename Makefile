@@ -3,10 +3,11 @@
 
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
-APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 openssl ca-certificates prometheus tmux
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 openssl ca-certificates \
+	prometheus tmux qemu-system-x86 kmod busybox-static file
 PYTEST_ARGS ?=
 
-.PHONY: setup apt stop-packaged-prometheus pip bpf demo test unit kernel e2e e2e-tools lint bench clean
+.PHONY: setup apt stop-packaged-prometheus pip bpf demo test test-kernels unit kernel e2e e2e-tools lint bench clean
 
 setup: apt pip bpf
 
@@ -56,8 +57,19 @@ e2e-tools:
 	@nohup bash tests/e2e/infra/build-otelcol.sh > build/otelcol-build.log 2>&1 &
 	@nohup bash tests/e2e/infra/build-kube.sh > build/kube-build.log 2>&1 &
 
+# The kernel matrix: tests/kernel (the demo among them) and `otel-podnet check` inside
+# Debian's Linux 6.1 (with libbpf 1.1) and 6.12 (with libbpf 1.4) under QEMU, fetched into
+# /var/cache/otel-podnet by tests/matrix/fetch.sh. In `make test` it runs right after lint,
+# while the e2e tools build in the background, so the two overlap.
+test-kernels: setup
+	$(PYTHON) tests/matrix/run.py
+
+# The matrix first, then every test on this machine's kernel: both always run, and the
+# target fails when either does.
 test: setup e2e-tools lint
-	$(PYTHON) -m pytest tests/unit tests/kernel tests/e2e $(PYTEST_ARGS)
+	@$(PYTHON) tests/matrix/run.py; matrix=$$?; \
+	$(PYTHON) -m pytest tests/unit tests/kernel tests/e2e $(PYTEST_ARGS); tests=$$?; \
+	[ $$matrix -eq 0 ] && [ $$tests -eq 0 ]
 
 bench: setup
 	$(PYTHON) bench/run.py

@@ -524,7 +524,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		 * kernel stores the new state that we read above.
 		 */
 		if (old == 0 && pi.transport == PODNET_TCP && state == BPF_TCP_ESTABLISHED) {
-			__u16 lport = sk->src_port, rport = bpf_ntohs(sk->dst_port);
+			__u16 lport = sk->src_port, rport = podnet_bpf_sock_dport(sk);
 			bool in = guess_inbound(lport, rport);
 
 			st->open_slot = slot;

@@ -14,7 +14,7 @@ from importlib import resources
 from logging import getLogger
 from pathlib import Path
 
-from . import abi
+from . import abi, features
 from .capacity import DEFAULT_CAPACITY, Capacity
 from .libbpf import BPF_NOEXIST, BpfObject, LibbpfError, Link, num_possible_cpus
 from .samples import Counters
@@ -101,6 +101,7 @@ class Datapath:
         # every slot on every CPU, filled by one batch lookup per collection (read_slots)
         self._all_slots = (abi.PodnetCounters * (self._ncpus * self.capacity.slots))()
         self._links: list[Link] = []
+        self.degraded: tuple[features.Degraded, ...] = ()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -124,6 +125,9 @@ class Datapath:
             obj.close()
             raise
         self._obj = obj
+        self.degraded = features.probe()
+        for d in self.degraded:
+            _logger.warning("degraded: %s", d.line())
         self.stats = obj.map("podnet_stats")
         self.freeslot = obj.map("podnet_freeslot")
         self.cgroups = obj.map("podnet_cgroups")

@@ -22,6 +22,9 @@ BPF_NOEXIST = 1
 BPF_EXIST = 2
 _BTF_KIND_DATASEC = 15
 ENOTSUPP = 524  # the kernel's internal "operation not supported" (not in the errno module)
+BTF_KIND_STRUCT = 4
+BTF_KIND_ENUM = 6
+BTF_KIND_ENUM64 = 19
 
 
 class LibbpfError(OSError):
@@ -33,7 +36,16 @@ class MapFull(LibbpfError):
 
 
 def _load_library() -> ctypes.CDLL:
-    candidates = [os.environ.get("PODNET_LIBBPF", ""), "libbpf.so.1", ctypes.util.find_library("bpf") or ""]
+    """The system libbpf.so.1, or exactly the copy PODNET_LIBBPF names (a path to a
+    libbpf.so.1 built elsewhere, e.g. to test another libbpf release): never a silent
+    fallback from it to the system's."""
+    chosen = os.environ.get("PODNET_LIBBPF", "")
+    if chosen:
+        try:
+            return ctypes.CDLL(chosen, use_errno=True)
+        except OSError as exc:
+            raise LibbpfError(errno.ENOENT, f"PODNET_LIBBPF={chosen}: cannot load it ({exc})") from exc
+    candidates = ["libbpf.so.1", ctypes.util.find_library("bpf") or ""]
     last: OSError | None = None
     for name in candidates:
         if not name:
@@ -85,6 +97,8 @@ def _declare(lb: ctypes.CDLL) -> ctypes.CDLL:
         "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
         "bpf_link__destroy": (ci, [vp]),
         "btf__find_by_name_kind": (ctypes.c_int32, [vp, cs, cu32]),
+        "btf__load_vmlinux_btf": (vp, []),
+        "btf__free": (None, [vp]),
         "btf__type_by_id": (vp, [vp, cu32]),
         "btf__name_by_offset": (cs, [vp, cu32]),
         "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
@@ -137,6 +151,17 @@ def num_possible_cpus() -> int:
     if n <= 0:
         raise LibbpfError(-n, "libbpf_num_possible_cpus failed")
     return n
+
+
+def kernel_btf_has_type(name: str, kinds: tuple[int, ...]) -> bool:
+    """Whether the running kernel's BTF (/sys/kernel/btf/vmlinux) has a type of this name
+    and one of these kinds: the user-space side of bpf_core_type_exists()."""
+    lb = lib()
+    btf = _check_ptr(lb.btf__load_vmlinux_btf(), "loading the kernel's BTF")
+    try:
+        return any(lb.btf__find_by_name_kind(btf, name.encode(), kind) > 0 for kind in kinds)
+    finally:
+        lb.btf__free(btf)
 
 
 def _check(rc: int, what: str) -> int:

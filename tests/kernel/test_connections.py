@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 from otel_podnet.abi import CG_POD, SLOT_NODE
+from otel_podnet.features import CLOSED_PORT_RESETS
 from otel_podnet.simnode import SimNode
 
 from .conftest import Agent
@@ -65,8 +67,13 @@ def test_refused_connections(node: SimNode, start_agent: Callable[[], Agent]) ->
     assert c.failed == {"refused": 20, "timeout": 0, "unreachable": 0, "reset": 0, "other": 0}
     assert (c.opened_out, c.opened_in, c.closed_out, c.active_out) == (0, 0, 0, 0)
     assert c.resets_rx == 20  # each refusal is an RST received
-    # ... sent by b's kernel for a port with no socket: b's by its IP
-    assert agent.settle(b, lambda c: c.resets_tx == 20).resets_tx == 20
+    # ... sent by b's kernel for a port with no socket: b's by its IP, on kernels whose
+    # tcp_send_reset fires for no socket; elsewhere exactly none, and check/the log say why
+    degraded = {d.feature: d for d in agent.core.datapath.degraded}
+    expected = 0 if CLOSED_PORT_RESETS in degraded else 20
+    if expected == 0:
+        warnings.warn(f"resets sent by b expected 0, not 20: {degraded[CLOSED_PORT_RESETS].line()}", stacklevel=1)
+    assert agent.settle(b, lambda c: c.resets_tx == expected).resets_tx == expected
 
 
 def test_timeout_with_short_syn_retries(node: SimNode, start_agent: Callable[[], Agent]) -> None:

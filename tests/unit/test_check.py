@@ -43,3 +43,13 @@ def test_ready_basics_then_the_object_is_required(tmp_path: Path) -> None:
     r = by_name(run_checks(proc=proc, sysfs=sysfs, object_path=tmp_path / "missing.o"))
     assert all(r[n].ok for n in ("btf", "cgroup2", "privileges", "libbpf"))  # type: ignore[attr-defined]
     assert not r["bpf-object"].ok and "pip install" in r["bpf-object"].line()  # type: ignore[attr-defined]
+
+
+def test_kernel_line_from_what_the_matrix_proves() -> None:
+    from otel_podnet.check import _kernel
+
+    assert _kernel("6.1.0-56-amd64").line() == "ok   kernel       Linux 6.1.0-56-amd64"
+    assert _kernel("5.15.0-91-generic").line() == (
+        "warn kernel       Linux 5.15.0-91-generic: expected to work, not proven (needs Linux 6.1 or newer to be)"
+    )
+    assert _kernel("5.10.0-28-amd64").line() == "FAIL kernel       Linux 5.10.0-28-amd64 -> needs Linux 6.1 or newer"
