@@ -33,7 +33,7 @@ from otel_podnet.simnode import SimNode, SimPod
 
 from . import otlp_json
 from .apiserver import ApiServer
-from .conftest import AgentProc, agent, exchange, gateway, wait_for
+from .conftest import AgentProc, agent, agent_map, exchange, gateway, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -305,26 +305,11 @@ def kernel_pod_ips(pid: int, timeout: float = 20.0) -> list[str]:
 
 
 def _dump_pod_ips(pid: int) -> list[str] | None:
-    ids = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        m = re.search(r"^map_id:\s*(\d+)", text, re.M)
-        if m:
-            ids.add(m.group(1))
-    for map_id in sorted(ids):
-        show = subprocess.run(["bpftool", "-j", "map", "show", "id", map_id], capture_output=True, text=True)
-        if show.returncode != 0 or json.loads(show.stdout).get("name") != "podnet_pod_ips":
-            continue
-        out = subprocess.run(["bpftool", "-j", "map", "dump", "id", map_id], capture_output=True, check=True).stdout
-        keys = []
-        for entry in json.loads(out):
-            addr = ipaddress.IPv6Address(bytes(int(b, 16) for b in entry["key"]))
-            keys.append(str(addr.ipv4_mapped or addr))
-        return keys
-    return None
+    """The agent's pod-IP map keys, or None while it holds no such map."""
+    entries = agent_map(pid, "podnet_pod_ips")
+    if entries is None:
+        return None
+    return [str(a.ipv4_mapped or a) for a in (ipaddress.IPv6Address(key) for key, _ in entries)]
 
 
 def log_lines(err: str, needle: str) -> list[str]:
