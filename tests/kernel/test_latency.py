@@ -8,6 +8,7 @@ the veths' microseconds, which lands in the bucket (16.384 ms, 32.768 ms]: index
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -29,8 +30,24 @@ assert abi.HIST_BOUNDS_US[B20MS - 1] < DELAY * 1e6 <= abi.HIST_BOUNDS_US[B20MS]
 SUB_MS = 11  # buckets 0..10: up to 1.024 ms
 
 
+# Inside an emulated guest of the kernel matrix (QEMU TCG, tests/matrix/run.py) every
+# instruction is emulated and the relay is late by milliseconds: there the counts stay exact
+# and nothing may be faster than the delay, but the time above it is not the test's to know.
+EMULATED = os.environ.get("PODNET_TEST_EMULATED") == "1"
+
+
 def nonzero(h: Histogram) -> dict[int, int]:
     return {i: n for i, n in enumerate(h.buckets) if n}
+
+
+def assert_delayed(h: Histogram, n: int) -> None:
+    """Exactly n samples, all in the 20 ms bucket (emulated: none below it)."""
+    if EMULATED:
+        assert h.count == n and sum(h.buckets[:B20MS]) == 0, nonzero(h)
+        assert h.sum_seconds >= n * DELAY
+    else:
+        assert nonzero(h) == {B20MS: n}
+        assert n * DELAY <= h.sum_seconds < n * (DELAY + 0.010)
 
 
 def stop_relay(relay: subprocess.Popen[str]) -> dict[str, int]:
@@ -40,7 +57,8 @@ def stop_relay(relay: subprocess.Popen[str]) -> dict[str, int]:
     out, _ = relay.communicate(timeout=10)
     stats: dict[str, int] = json.loads(out.splitlines()[-1])
     assert stats["dropped"] == 0
-    assert stats["late_max_us"] < 8_000, f"the relay itself was late by {stats['late_max_us']} us: {stats}"
+    if not EMULATED:
+        assert stats["late_max_us"] < 8_000, f"the relay itself was late by {stats['late_max_us']} us: {stats}"
     return stats
 
 
@@ -72,16 +90,14 @@ def test_outbound_connects_to_a_delayed_server(node: SimNode, start_agent: Calla
 
     c = agent.settle(slow_cli, lambda c: c.closed_out == n and c.rtt_out.count == n)
     assert c.opened_out == n
-    assert nonzero(c.connect_out) == {B20MS: n}  # every connect, in the 20 ms bucket, nowhere else
-    assert n * DELAY <= c.connect_out.sum_seconds < n * (DELAY + 0.010)
-    assert nonzero(c.rtt_out) == {B20MS: n}  # one sample per connection, at its close
-    assert n * DELAY <= c.rtt_out.sum_seconds < n * (DELAY + 0.010)
+    assert_delayed(c.connect_out, n)  # every connect, in the 20 ms bucket, nowhere else
+    assert_delayed(c.rtt_out, n)  # one sample per connection, at its close
     assert c.connect_in.count == c.rtt_in.count == 0
 
     # the server's SYN-ACKs wait 20 ms: its handshake sample sees them
     s = agent.settle(slow, lambda c: c.closed_in == n and c.rtt_in.count == n)
-    assert nonzero(s.connect_in) == {B20MS: n}
-    assert nonzero(s.rtt_in) == {B20MS: n}
+    assert_delayed(s.connect_in, n)
+    assert_delayed(s.rtt_in, n)
     assert s.connect_out.count == s.rtt_out.count == 0
 
     # No delay: a veth round trip, tens of microseconds. Every connect is far below the
@@ -89,8 +105,11 @@ def test_outbound_connects_to_a_delayed_server(node: SimNode, start_agent: Calla
     # 2-core machine a softirq can wait a millisecond or more for a CPU.
     f = agent.settle(fast_cli, lambda c: c.closed_out == n and c.rtt_out.count == n and c.failed_refused == 5)
     assert f.connect_out.count == n
-    assert sum(f.connect_out.buckets[: B20MS - 2]) == n  # all below 4.096 ms
-    assert sum(f.connect_out.buckets[:SUB_MS]) > n // 2  # the median is sub-millisecond
+    if EMULATED:
+        assert sum(f.connect_out.buckets[:B20MS]) == n  # all faster than the delay
+    else:
+        assert sum(f.connect_out.buckets[: B20MS - 2]) == n  # all below 4.096 ms
+        assert sum(f.connect_out.buckets[:SUB_MS]) > n // 2  # the median is sub-millisecond
 
 
 def test_inbound_connects_from_a_delayed_client(node: SimNode, start_agent: Callable[[], Agent]) -> None:
@@ -104,11 +123,10 @@ def test_inbound_connects_from_a_delayed_client(node: SimNode, start_agent: Call
     s = agent.settle(srv, lambda c: c.closed_in == n and c.rtt_in.count == n)
     assert s.opened_in == n
     # SYN-ACK out, the client's ACK back 20 ms later: the kernel's handshake sample
-    assert nonzero(s.connect_in) == {B20MS: n}
-    assert n * DELAY <= s.connect_in.sum_seconds < n * (DELAY + 0.010)
+    assert_delayed(s.connect_in, n)
     assert s.connect_out.count == 0
     c = agent.settle(cli, lambda c: c.closed_out == n)
-    assert nonzero(c.connect_out) == {B20MS: n}  # its SYNs wait 20 ms on the way out
+    assert_delayed(c.connect_out, n)  # its SYNs wait 20 ms on the way out
 
 
 @pytest.fixture
@@ -154,14 +172,14 @@ def test_long_lived_connections_sampled_once_per_interval(node: SimNode, agent_1
         assert time.monotonic() - t0 < 0.5, "a burst took too long for the test's timing"
     c = agent.counters(cli)
     assert (c.opened_out, c.closed_out) == (k, 0)
-    assert nonzero(c.rtt_out) == {B20MS: 3 * k}  # before any close
+    assert_delayed(c.rtt_out, 3 * k)  # before any close
     s = agent.counters(srv)
-    assert nonzero(s.rtt_in) == {B20MS: 3 * k}
+    assert_delayed(s.rtt_in, 3 * k)
     holder.stdin.write("close\n")
     holder.stdin.flush()
     assert node.result(holder) == {"held": k, "sent": 3 * k * 100}
     node.result(echo)
     stop_relay(relay)
     c = agent.settle(cli, lambda c: c.closed_out == k)
-    assert nonzero(c.rtt_out) == {B20MS: 4 * k}  # plus one at the close
-    assert nonzero(c.connect_out) == {B20MS: k}
+    assert_delayed(c.rtt_out, 4 * k)  # plus one at the close
+    assert_delayed(c.connect_out, k)
