@@ -171,9 +171,13 @@ def test_server_closing_first_misses_exactly_the_timewait_segments(
     # the segments the kernel's TCP took in and sent that the agent did not see
     unseen_in = snmp["InSegs"] - seen["rx_packets"]
     unseen_out = snmp["OutSegs"] + snmp["RetransSegs"] - seen["tx_packets"]
-    assert (unseen_in, unseen_out) == (20, 20)  # one FIN in, one ACK out, per connection
+    # One FIN in per connection, never seen. The mini-socket's ACK of it: unseen where the
+    # kernel sends it owned by the mini-socket (6.12 and later); seen where it leaves from
+    # the kernel's per-CPU TCP control socket (6.1), which the egress hook counts for the pod
+    # by its source address. Either way all 20 or none, and the interface agrees exactly.
+    assert unseen_in == 20 and unseen_out in (0, 20), (unseen_in, unseen_out)
     assert iface["rx_packets"] - seen["rx_packets"] == 20
-    assert iface["tx_packets"] - seen["tx_packets"] == 20
+    assert iface["tx_packets"] - seen["tx_packets"] == unseen_out
     assert iface["rx_bytes"] - seen["rx_bytes"] == 20 * SEGMENT_HEADERS
-    assert iface["tx_bytes"] - seen["tx_bytes"] == 20 * SEGMENT_HEADERS
+    assert iface["tx_bytes"] - seen["tx_bytes"] == unseen_out * SEGMENT_HEADERS
     assert (c.payload_rx - before.payload_rx, c.payload_tx - before.payload_tx) == (2_000_000, 200_000)
