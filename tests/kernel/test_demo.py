@@ -25,7 +25,7 @@ def test_demo_matches_its_ground_truth() -> None:
     assert len(unseen) == 3, r.stdout
     assert unseen["web-7d4b9c"] == "0 / 0 in 0 / 0"
     # (the timewait ACKs api sends are seen where the kernel sends them from its TCP control
-    # socket, as 6.1 does: see test_traffic's server-closing-first test)
+    # socket, as 6.1 and 6.12 do: see test_traffic's server-closing-first test)
     assert unseen["api-5f6d8b"] in ("520 / 520 in 10 / 10", "0 / 520 in 0 / 10")
     assert unseen["db-0"] == "0 / 300 in 0 / 5"
     # nothing of its own is left: its namespaces and its cgroups (other test runs on this

@@ -172,9 +172,9 @@ def test_server_closing_first_misses_exactly_the_timewait_segments(
     unseen_in = snmp["InSegs"] - seen["rx_packets"]
     unseen_out = snmp["OutSegs"] + snmp["RetransSegs"] - seen["tx_packets"]
     # One FIN in per connection, never seen. The mini-socket's ACK of it: unseen where the
-    # kernel sends it owned by the mini-socket (6.12 and later); seen where it leaves from
-    # the kernel's per-CPU TCP control socket (6.1), which the egress hook counts for the pod
-    # by its source address. Either way all 20 or none, and the interface agrees exactly.
+    # kernel sends it owned by the mini-socket (6.18 here); seen where it leaves from the
+    # kernel's per-CPU TCP control socket (6.1 and 6.12), which the egress hook counts for the
+    # pod by its source address. Either way all 20 or none, and the interface agrees exactly.
     assert unseen_in == 20 and unseen_out in (0, 20), (unseen_in, unseen_out)
     assert iface["rx_packets"] - seen["rx_packets"] == 20
     assert iface["tx_packets"] - seen["tx_packets"] == unseen_out
