@@ -67,6 +67,8 @@ mirror=http://deb.debian.org/debian
 security=http://deb.debian.org/debian-security
 base_opts=(
     --mode=root --variant=minbase --format=tar
+    # /usr merged by a hook, not by the usrmerge package (which would leave perl behind)
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
     --dpkgopt='path-exclude=/usr/share/doc/*'
     --dpkgopt='path-include=/usr/share/doc/*/copyright'
     --dpkgopt='path-exclude=/usr/share/man/*'
@@ -75,6 +77,8 @@ base_opts=(
     --dpkgopt='path-exclude=/usr/share/lintian/*'
     --aptopt='Acquire::Languages "none"'
     --aptopt='APT::Install-Recommends "false"'
+    --aptopt='Dir::Cache::pkgcache ""'
+    --aptopt='Dir::Cache::srcpkgcache ""'
 )
 base_sources="deb ${mirror} ${suite} main
 deb ${mirror} ${suite}-updates main
@@ -127,13 +131,14 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-mkdir -p "${cache_root}" "${dest}"
+mkdir -p "${cache_root}"
 exec 9>"${cache_root}/.lock"
 flock 9
 if all_there; then
     printf '%s\n' "${outputs[@]}"
     exit 0
 fi
+mkdir -p "${dest}"
 
 start="$(date +%s)"
 storage="${cache_root}/storage"
@@ -166,7 +171,9 @@ else
     if ! "${bh[@]}" inspect --type image "${base_ref}" >/dev/null 2>&1; then
         echo "build.sh: making the base image ${base_ref} with mmdebstrap (${suite})" >&2
         t0="$(date +%s)"
-        mmdebstrap --quiet "${base_opts[@]}" "${suite}" "${scratch}/base.tar" - <<<"${base_sources}" >&2
+        # The system's tools only: mmdebstrap runs python3 (mmtarfilter) once per package,
+        # which a version manager's shim on PATH would slow to minutes.
+        PATH=/usr/sbin:/usr/bin:/sbin:/bin mmdebstrap --quiet "${base_opts[@]}" "${suite}" "${scratch}/base.tar" - <<<"${base_sources}" >&2
         ctr="$("${bh[@]}" from --pull=never scratch)"
         containers+=("${ctr}")
         "${bh[@]}" add --quiet "${ctr}" "${scratch}/base.tar" / >&2
