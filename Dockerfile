@@ -34,9 +34,7 @@ ENV CLANG=clang-19 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# --copies: the interpreter is the virtualenv's own file, so the file capabilities set on
-# it below are the agent's alone (/usr/bin/python3.11 stays without).
-RUN python3 -m venv --copies /opt/otel-podnet
+RUN python3 -m venv /opt/otel-podnet
 
 # The dependencies first, from pyproject.toml alone: a change to the sources reuses
 # this layer.
@@ -49,10 +47,15 @@ RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.tom
 COPY setup.py README.md ./
 COPY bpf/ bpf/
 COPY otel_podnet/ otel_podnet/
+# Left out of what ships: pip and setuptools, and the kubernetes client's asyncio variant
+# (kubernetes.aio, 68 MB; the agent uses the synchronous client) with aiohttp, which only
+# that variant imports.
 RUN /opt/otel-podnet/bin/pip install --no-deps . \
- && /opt/otel-podnet/bin/pip uninstall -y pip setuptools \
- && rm -rf /opt/otel-podnet/bin/activate* /opt/otel-podnet/bin/Activate.ps1 \
- && cd /opt/otel-podnet/bin && for p in python python3.11; do ln -sf python3 "$p"; done
+ && /opt/otel-podnet/bin/pip uninstall -y \
+      aiohttp aiohttp-retry aiohappyeyeballs aiosignal frozenlist multidict propcache yarl pip setuptools \
+ && site=$(/opt/otel-podnet/bin/python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+ && rm -rf "$site/kubernetes/aio" /opt/otel-podnet/bin/activate* /opt/otel-podnet/bin/Activate.ps1 \
+ && cd / && /opt/otel-podnet/bin/python3 -c 'import otel_podnet.kube, otel_podnet.run'
 
 
 FROM ${BASE}
@@ -69,18 +72,21 @@ RUN apt-get update \
 
 COPY --from=build /opt/otel-podnet /opt/otel-podnet
 
-# The agent runs as the unprivileged user 65532. Container runtimes give a non-root
-# process no ambient capabilities (Kubernetes has no way to ask for them), so the
-# capabilities the DaemonSet adds would be lost at exec. The virtualenv's interpreter
-# therefore carries them as file capabilities, permitted only (no effective bit): the
-# kernel grants those of them that are in the container's bounding set, the agent raises
-# them to effective at start (otel_podnet/caps.py), and a container started without them
-# still runs (`otel-podnet check` then names what is missing). The pod must not set
-# allowPrivilegeEscalation: false (no_new_privs disables file capabilities); so that this
-# grants nothing else, no file in the image keeps a setuid or setgid bit.
-RUN setcap cap_bpf,cap_perfmon,cap_net_admin=p /opt/otel-podnet/bin/python3 \
+# The agent runs as the unprivileged user 65532. Container runtimes put the capabilities a
+# pod adds into the permitted set of the process they start, but a non-root process loses
+# them at exec: runtimes set no ambient capabilities (Kubernetes has no way to ask for
+# them). The virtualenv's interpreter therefore carries BPF, PERFMON and NET_ADMIN as file
+# capabilities, permitted only (no effective bit): at exec the kernel grants those of them
+# in the container's bounding set, no_new_privs (allowPrivilegeEscalation: false) caps them
+# at what the runtime had granted, the agent raises them to effective at start
+# (otel_podnet/caps.py), and a container started without them still runs (`otel-podnet
+# check` then names what is missing). No file in the image keeps a setuid or setgid bit.
+# The virtualenv's python3 (a symlink to /usr/bin/python3 in the build stage) becomes a
+# copy of that interpreter, so the capabilities are the agent's alone.
+RUN cp --remove-destination /usr/bin/python3.11 /opt/otel-podnet/bin/python3 \
+ && setcap cap_bpf,cap_perfmon,cap_net_admin=p /opt/otel-podnet/bin/python3 \
  && apt-get purge -y --auto-remove libcap2-bin \
- && rm -rf /var/log/apt /var/log/dpkg.log /var/cache/debconf/*-old \
+ && rm -rf /var/log/apt /var/log/dpkg.log /var/cache/apt/*.bin /var/cache/debconf/*-old \
  && find / -xdev -type f -perm /6000 -exec chmod ug-s {} + \
  && groupadd --system --gid 65532 otel-podnet \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \

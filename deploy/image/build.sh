@@ -239,5 +239,8 @@ export_archive "${workload_ref}" "${dest}/workload.tar"
 for ref in "${agent_ref}" "${pause_ref}" "${workload_ref}"; do
     echo "build.sh: ${ref}: $("${bh[@]}" images --format '{{.Size}}' "${ref}" | head -n1)" >&2
 done
+# Older cache entries go, but for the last few (another checkout may still use one).
+find "${cache_root}" -mindepth 1 -maxdepth 1 -type d -regextype egrep -regex '.*/[0-9a-f]{12}' -printf '%T@ %p\n' \
+    | sort -rn | tail -n +5 | cut -d' ' -f2- | xargs -r rm -rf --
 echo "build.sh: built in $(( $(date +%s) - start ))s" >&2
 printf '%s\n' "${outputs[@]}"
