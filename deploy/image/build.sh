@@ -164,8 +164,10 @@ containers=()
 trap cleanup EXIT
 
 # The base image, once per set of Debian options.
+pull=never
 if [[ -n "${PODNET_IMAGE_BASE:-}" ]]; then
     base_ref="${PODNET_IMAGE_BASE}"
+    pull=false  # from its registry unless already in the store
 else
     base_ref="localhost/otel-podnet-base:${base_hash}"
     if ! "${bh[@]}" inspect --type image "${base_ref}" >/dev/null 2>&1; then
@@ -204,7 +206,7 @@ build() {  # build NAME REF CONTEXT [buildah build options...]
     shift 3
     t0="$(date +%s)"
     echo "build.sh: building ${name} (${ref})" >&2
-    "${bh[@]}" build --pull=never --build-arg "BASE=${base_ref}" --tag "${ref}" "$@" "${context}" >&2
+    "${bh[@]}" build --pull="${pull}" --build-arg "BASE=${base_ref}" --tag "${ref}" "$@" "${context}" >&2
     echo "build.sh: ${name} built in $(( $(date +%s) - t0 ))s" >&2
 }
 
