@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from . import log as podnet_log
+from .caps import raise_permitted
 from .settings import ConfigError, Settings, build
 
 _logger = getLogger(__name__)
@@ -140,6 +141,11 @@ def _top(a: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    try:
+        # The image's interpreter holds its capabilities permitted, not effective (caps.py).
+        raise_permitted()
+    except OSError as exc:
+        _logger.debug("capabilities not raised: %s", exc)
     if a.command == "version":
         return _version()
     if a.command == "check":
