@@ -302,10 +302,17 @@ class PeerFolder:
         series = self._series.setdefault(owner, {})
         members = {p for p in series if p != OTHER}
 
-        def busy(p: Peer) -> tuple[int, int, int, Peer]:
-            d = deltas.get(p, ZERO)
-            # by bytes, then connections; a peer that has a series already keeps it on a tie
-            return (-(d[I_BYTES_TX] + d[I_BYTES_RX]), -sum(d[I_OPENED_OUT:]), 0 if p in members else 1, p)
+        def busy(p: Peer) -> tuple[int, int, int, int, Peer]:
+            d, had = deltas.get(p, ZERO), series.get(p, ZERO)
+            # by bytes, then connections; on a tie a peer that has a series keeps it, the
+            # biggest first (the fewest figures move to other)
+            return (
+                -(d[I_BYTES_TX] + d[I_BYTES_RX]),
+                -sum(d[I_OPENED_OUT:]),
+                0 if p in members else 1,
+                -(had[I_BYTES_TX] + had[I_BYTES_RX]),
+                p,
+            )
 
         candidates = (members | {p for p in deltas if p != OTHER and any(deltas[p])}) - {OTHER}
         keep = set(sorted(candidates, key=busy)[: self.max_peers])
