@@ -23,6 +23,7 @@ import yaml
 from otel_podnet.core import Core
 from otel_podnet.inventory import PodsFileSource
 from otel_podnet.peers import parse_peer_cidr
+from otel_podnet.series import health_series
 from otel_podnet.simnode import SimNode, SimPod, sh
 
 ETH_HLEN = 14
@@ -277,3 +278,39 @@ def test_peer_series_exact_on_a_simulated_node(node: SimNode, tmp_path: Path, cg
     # two peers or fewer: no other
     assert OTHER not in peers_of(capped, db.uid)
     assert set(peers_of(capped, web2.uid)) == {pod_attrs("db", "statefulset")}
+
+
+def xlated_bytes(prog_fd: int) -> int:
+    """The size of a loaded program as the verifier left it (after dead-code removal)."""
+    import json
+
+    info = Path(f"/proc/self/fdinfo/{prog_fd}").read_text()
+    prog_id = next(ln.split()[1] for ln in info.splitlines() if ln.startswith("prog_id:"))
+    return int(json.loads(sh("bpftool", "-j", "prog", "show", "id", prog_id))["bytes_xlated"])
+
+
+def test_max_peers_0_leaves_no_peer_code_and_no_series(node: SimNode, tmp_path: Path, cgroup_root: Path,
+                                                        cores: list[Core]) -> None:  # fmt: skip
+    a, b = node.add_pod("a"), node.add_pod("b")
+    pods_file = tmp_path / "pods.yaml"
+    node.write_pod_list(pods_file)
+    off = Core(cgroup_root, PodsFileSource(pods_file, node.name), max_peers=0)
+    off.start()
+    cores.append(off)
+    on = Core(cgroup_root, PodsFileSource(pods_file, node.name))
+    on.start()
+    cores.append(on)
+    # podnet_peer_rows = 0 is a constant the verifier folds: the peer branches are removed
+    for prog in ("podnet_egress", "podnet_ingress", "podnet_state"):
+        assert xlated_bytes(off.datapath.prog_fd(prog)) < xlated_bytes(on.datapath.prog_fd(prog)), prog
+    srv = node.workload(b, "tcp-server", addr=b.ip4, port=7300, count=2, recv=1000)
+    node.wait_ready(srv)
+    node.result(node.workload(a, "tcp-client", addr=b.ip4, port=7300, count=2, send=1000))
+    node.result(srv)
+    snap = off.collect()
+    mine = [s for s in snap.samples if s.uid == a.uid]
+    assert mine and mine[0].counters.opened_out == 2 and mine[0].peers == ()
+    assert snap.health.peer_rows_capacity == 0
+    assert not [a for d, a, _ in health_series(snap.health, 0) if ("podnet.map", "peers") in a]
+    got = {dict(k)["podnet.peer.workload"]: v for k, v in peers_of(on, a.uid).items()}
+    assert list(got) == ["b"] and got["b"][2] == 2
