@@ -245,3 +245,30 @@ def test_a_retired_slot_is_carried_into_its_owner() -> None:
     deltas, _ = t.read({}, r)  # the slot has no owner any more: the retirement said whose
     assert deltas == {"gone": {EXTERNAL: v(5), OTHER: v(2)}}
     assert rows.values[a] == rows.values[3] == v() and a in rows.free
+
+
+# -- what the exporters make of a sample's peers ------------------------------------------------------
+
+
+def test_peer_series_and_console_lines() -> None:
+    import io
+
+    from otel_podnet.exporters.console import ConsoleExporter
+    from otel_podnet.samples import Counters, Health, PodSample, Snapshot
+    from otel_podnet.series import PEER_FAILED, PEER_IO, PEER_OPENED, peer_series
+
+    db = Peer("pod", "shop", "db", "statefulset", "db").attributes()
+    sample = PodSample("u1", Counters(), peers=((db, v(900, 300, out=2, refused=1)), (OTHER.attributes(), v(7))))
+    got = {(d.name, a): x for d, a, x in peer_series(sample.peers)}
+    assert got == {
+        (PEER_IO.name, (("network.io.direction", "transmit"), *db)): 900,
+        (PEER_IO.name, (("network.io.direction", "receive"), *db)): 300,
+        (PEER_OPENED.name, (("podnet.direction", "outbound"), *db)): 2,
+        (PEER_FAILED.name, (("error.type", "refused"), *db)): 1,
+        (PEER_IO.name, (("network.io.direction", "transmit"), ("podnet.peer.kind", "other"))): 7,
+    }  # no zero points
+    out = io.StringIO()
+    ConsoleExporter(out).export(Snapshot((sample,), Health(1, 1, 1, 1, 1, 0, 0, 0)), {})
+    lines = out.getvalue().splitlines()
+    assert lines[2].split() == "-> pod shop/db (statefulset) via service db tx 900 rx 300 open 2/0 failed 1".split()
+    assert lines[3].split() == "-> other tx 7 rx 0 open 0/0 failed 0".split()
