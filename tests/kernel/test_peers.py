@@ -214,6 +214,14 @@ def test_peer_series_exact_on_a_simulated_node(node: SimNode, tmp_path: Path, cg
     to_ext = transfer(node, web, None, EXT_IP, 7004, 1, 100_000, where=out.ns)
     to_svc = transfer(node, web, db, "0.0.0.0", 8080, 1, 50_000)
     web2_db = transfer(node, web2, db, db.ip4, 7005, 1, 10_000)
+    # and 200 UDP datagrams to cache: an unconnected socket, its peer looked up per packet
+    before = quiet(node, web)
+    rcv = node.workload(cache, "udp-recv", addr=cache.ip4, port=7006, count=200)
+    node.wait_ready(rcv)
+    node.result(node.workload(web, "udp-send", addr=cache.ip4, port=7006, count=200, size=100))
+    assert node.result(rcv) == {"received": 200, "bytes": 20_000}
+    udp = ip_bytes(before, quiet(node, web))
+    assert udp == (200 * 128, 0)  # 100 bytes + 8 UDP + 20 IPv4 each
     before = quiet(node, web)
     fail = node.result(node.workload(web, "connect-fail", addr=db.ip4, port=7999, count=2))
     assert fail == {"ECONNREFUSED": 2}
@@ -224,7 +232,7 @@ def test_peer_series_exact_on_a_simulated_node(node: SimNode, tmp_path: Path, cg
 
     want_web = {
         pod_attrs("db", "statefulset"): expect((to_db[0] + refused[0], to_db[1] + refused[1]), out=4, refused=2),
-        pod_attrs("cache", "daemonset"): expect(to_cache, out=3),
+        pod_attrs("cache", "daemonset"): expect((to_cache[0] + udp[0], to_cache[1]), out=3),
         NODE: expect(to_node, out=2),
         PARTNERS: expect(to_ext, out=1),
         pod_attrs("db", "statefulset", service="db"): expect(to_svc, out=1),
