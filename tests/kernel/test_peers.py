@@ -322,3 +322,46 @@ def test_max_peers_0_leaves_no_peer_code_and_no_series(node: SimNode, tmp_path: 
     assert not [a for d, a, _ in health_series(snap.health, 0) if ("podnet.map", "peers") in a]
     got = {dict(k)["podnet.peer.workload"]: v for k, v in peers_of(on, a.uid).items()}
     assert list(got) == ["b"] and got["b"][2] == 2
+
+
+def test_a_removed_pods_rows_are_freed_and_its_final_figures_sum(node: SimNode, tmp_path: Path, cgroup_root: Path,
+                                                                 cores: list[Core]) -> None:  # fmt: skip
+    from otel_podnet import abi
+
+    a, b = node.add_pod("a"), node.add_pod("b")
+    pods_file = tmp_path / "pods.yaml"
+    node.write_pod_list(pods_file)
+    core = Core(cgroup_root, PodsFileSource(pods_file, node.name))
+    core.start()
+    cores.append(core)
+    srv = node.workload(b, "tcp-server", addr=b.ip4, port=7400, count=3, recv=5000)
+    node.wait_ready(srv)
+    node.result(node.workload(a, "tcp-client", addr=b.ip4, port=7400, count=3, send=5000))
+    node.result(srv)
+    core.collect()
+    slots = {s for s, owner in core.attributor.slot_owners.items() if owner == a.uid}
+    rows = {int(k.slot) for k, _ in core.datapath.peer_idx.items(abi.PodnetPeerKey, abi.PodnetPeerVal)}
+    assert slots & rows  # a's traffic took a row of one of its slots
+    node.remove_pod(a)
+    node.write_pod_list(pods_file)
+    final = None
+    for _ in range(20):
+        for s in core.collect().samples:
+            if s.uid == a.uid and s.final:
+                final = s
+        if final is not None:
+            break
+        time.sleep(0.2)
+    assert final is not None
+    c = final.counters
+    assert tuple(map(sum, zip(*(v for _, v in final.peers), strict=True)))[:4] == (
+        c.bytes_tx_tcp + c.bytes_tx_udp,
+        c.bytes_rx_tcp + c.bytes_rx_udp,
+        c.opened_out,
+        c.opened_in,
+    )
+    assert [dict(k).get("podnet.peer.workload") for k, _ in final.peers] == ["b"]
+    left = {int(k.slot) for k, _ in core.datapath.peer_idx.items(abi.PodnetPeerKey, abi.PodnetPeerVal)}
+    assert not slots & left  # its slots' rows went back to the kernel's queue
+    core.collect()
+    assert a.uid not in core.peer_folder.owners()
