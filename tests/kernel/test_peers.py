@@ -365,3 +365,38 @@ def test_a_removed_pods_rows_are_freed_and_its_final_figures_sum(node: SimNode, 
     assert not slots & left  # its slots' rows went back to the kernel's queue
     core.collect()
     assert a.uid not in core.peer_folder.owners()
+
+
+def test_a_full_peer_table_counts_in_other_and_in_map_full(node: SimNode, tmp_path: Path, cgroup_root: Path,
+                                                           cores: list[Core]) -> None:  # fmt: skip
+    from dataclasses import replace
+
+    from otel_podnet.capacity import Capacity
+
+    a, b, c = node.add_pod("a"), node.add_pod("b"), node.add_pod("c")
+    pods_file = tmp_path / "pods.yaml"
+    node.write_pod_list(pods_file)
+    # one allocatable row for the whole node: a's second peer finds none
+    core = Core(cgroup_root, PodsFileSource(pods_file, node.name), capacity=replace(Capacity.for_pods(), peer_rows=1))
+    core.start()
+    cores.append(core)
+    for port, server in ((7500, b), (7501, c)):
+        srv = node.workload(server, "tcp-server", addr=server.ip4, port=port, count=2, recv=3000)
+        node.wait_ready(srv)
+        node.result(node.workload(a, "tcp-client", addr=server.ip4, port=port, count=2, send=3000))
+        node.result(srv)
+    time.sleep(0.5)
+    snap = core.collect()
+    s = next(s for s in snap.samples if s.uid == a.uid)
+    peers = {dict(k).get("podnet.peer.workload", dict(k)["podnet.peer.kind"]): v for k, v in s.peers}
+    # whichever socket came first took the row (b's: a talked to it first, unless another
+    # agent's pod on this machine took the only row before); the rest is other, exactly
+    assert set(peers) <= {"b", "other"} and "other" in peers
+    assert tuple(map(sum, zip(*peers.values(), strict=True)))[:4] == (
+        s.counters.bytes_tx_tcp + s.counters.bytes_tx_udp,
+        s.counters.bytes_rx_tcp + s.counters.bytes_rx_udp,
+        s.counters.opened_out,
+        s.counters.opened_in,
+    )
+    assert peers["other"][2] >= 2  # at least c's two connections
+    assert snap.health.peers_full > 0 and snap.health.peer_rows_capacity == 1
