@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 openssl ca-certificates \
-	prometheus tmux qemu-system-x86 kmod busybox-static file
+	prometheus tmux qemu-system-x86 kmod busybox-static file iptables
 PYTEST_ARGS ?=
 
 .PHONY: setup apt stop-packaged-prometheus pip bpf demo test test-kernels unit kernel e2e e2e-tools cluster-tools images lint bench clean

@@ -53,6 +53,17 @@ def _parser() -> argparse.ArgumentParser:
         "--max-pods",
         help="the most pods this node runs: sizes the kernel's tables [PODNET_MAX_PODS] (default 110)",
     )
+    run.add_argument(
+        "--max-peers",
+        help="peer series per pod and metric, the busiest by bytes; the rest as kind=other; 0: off "
+        "[PODNET_MAX_PEERS] (default 20)",
+    )
+    run.add_argument(
+        "--peer-cidr",
+        action="append",
+        metavar="NAME=CIDR",
+        help="external addresses in CIDR are the peer workload NAME; repeatable [PODNET_PEER_CIDRS, comma list]",
+    )
     for sp in (run,):
         sp.add_argument("--log-level", default="info", help="debug, info, warning, error (default info)")
         sp.add_argument("--log-format", default="text", help="text or json (default text)")
@@ -94,6 +105,8 @@ def _settings(a: argparse.Namespace) -> Settings:
         log_level=a.log_level,
         log_format=a.log_format,
         max_pods=a.max_pods,
+        max_peers=a.max_peers,
+        peer_cidrs=a.peer_cidr,
     )
 
 
