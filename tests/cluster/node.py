@@ -62,7 +62,7 @@ CNI_NETWORK: Final = "podnet-cluster"
 #: kubepods below it, as on nodes whose kubelet runs with a cgroup root (kind, k3s).
 CGROUP_ROOT: Final = "kubelet-podnet"
 CNI_BIN_DIR: Final = Path("/usr/lib/cni")
-_FIXED_DIRS: Final = (Path("/run/containerd"), Path("/var/lib/cni"))
+_FIXED_DIRS: Final = (Path("/run/containerd"), Path("/var/lib/cni"), Path("/var/log/containers"))
 RUNC: Final = os.environ.get("PODNET_CLUSTER_RUNC", "/usr/sbin/runc")
 CGROUP_V1: Final = Path("/sys/fs/cgroup")
 
@@ -235,7 +235,8 @@ class Node:
         self._chains_before = _iptables_chains()
         self._netns_before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
         # Fixed paths that containerd 1.6 and libcni use whatever their configuration:
-        # the shims' sockets (/run/containerd/s), ctr's fifos, the CNI result cache.
+        # the shims' sockets (/run/containerd/s), ctr's fifos, the CNI result cache, the
+        # kubelet's links to container logs.
         self._dirs_made = [d for d in _FIXED_DIRS if not d.exists()]
         for name in ("net.ipv4.ip_forward", "net.netfilter.nf_conntrack_tcp_be_liberal"):
             self._sysctls[name] = _read_sysctl(name)
@@ -253,6 +254,10 @@ class Node:
                     # The "kubernetes" Service's endpoints: the node address, so that
                     # pods (the agent) reach the API through kube-proxy as in-cluster.
                     "--endpoint-reconciler-type=lease",
+                    # kubectl logs: to the kubelet by the node's address, as the admin.
+                    "--kubelet-preferred-address-types=InternalIP",
+                    f"--kubelet-client-certificate={self.workdir / 'control-plane' / 'pki' / 'admin.crt'}",
+                    f"--kubelet-client-key={self.workdir / 'control-plane' / 'pki' / 'admin.key'}",
                 ],
             )
         )
@@ -451,6 +456,7 @@ class Node:
                     "imageGCHighThresholdPercent": 100,
                     "imageGCLowThresholdPercent": 99,
                     "volumePluginDir": str(self.workdir / "volume-plugins"),
+                    "podLogsDir": str(self.workdir / "pod-logs"),
                     "nodeStatusReportFrequency": "10s",
                     "syncFrequency": "10s",
                     "fileCheckFrequency": "10s",
@@ -646,6 +652,12 @@ class Node:
             self.problems.append(f"iptables chains left: {sorted(left_chains)}")
         for shim in self._shims():
             self.problems.append(f"shim {shim} left")
+        # The kubelet's links to its pods' logs (removed with the containers, unless the
+        # kubelet stopped first).
+        with contextlib.suppress(OSError):
+            for link in Path("/var/log/containers").iterdir():
+                if link.is_symlink() and os.readlink(link).startswith(f"{self.workdir}/"):
+                    link.unlink()
         for d in self._dirs_made:
             if d.exists():
                 left_files = [str(p) for p in d.rglob("*") if not p.is_dir()]

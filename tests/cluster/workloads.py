@@ -87,7 +87,9 @@ def in_netns(pid: int, *argv: str) -> str:
 
 def host_veth(pid: int) -> str:
     """The host side of the pod's eth0 (its peer's interface index, found in the host)."""
-    ifindex = int(in_netns(pid, "cat", "/sys/class/net/eth0/iflink").strip())
+    # (ip, not /sys: sysfs shows the namespace of whoever mounted it, the host's)
+    (link,) = json.loads(in_netns(pid, "ip", "-j", "link", "show", "eth0"))
+    ifindex = int(link["link_index"])
     for dev in os.listdir("/sys/class/net"):
         try:
             if int(Path(f"/sys/class/net/{dev}/ifindex").read_text()) == ifindex:
@@ -103,7 +105,8 @@ def veth_counters(dev: str) -> dict[str, int]:
 
 
 def mac_in(pid: int) -> str:
-    return in_netns(pid, "cat", "/sys/class/net/eth0/address").strip()
+    (link,) = json.loads(in_netns(pid, "ip", "-j", "link", "show", "eth0"))
+    return str(link["address"])
 
 
 def quiet_links(node: Node, pods: dict[str, tuple[int, str, str]], gateway: str) -> None:
@@ -123,16 +126,19 @@ def quiet_links(node: Node, pods: dict[str, tuple[int, str, str]], gateway: str)
         )
 
 
-def go(pid: int) -> None:
-    """Start a client waiting for /tmp/go in its container (see ``GATED``)."""
-    Path(f"/proc/{pid}/root/tmp/go").write_text("")
+def go(pid: int, what: str = "go") -> None:
+    """Start a client waiting for /tmp/go in its container, or let it end (``done``);
+    see ``GATED``."""
+    Path(f"/proc/{pid}/root/tmp/{what}").write_text("")
 
 
-#: A container command that waits for ``go`` before it runs the workload's arguments.
+#: A container command that waits for ``go`` before it runs the workload's arguments,
+#: and for ``done`` before it exits (so its interface is still there to be read).
 GATED = [
     "sh",
     "-c",
-    'while [ ! -e /tmp/go ]; do sleep 0.1; done; exec python3 /usr/local/bin/podnet-workload "$@"',
+    'while [ ! -e /tmp/go ]; do sleep 0.1; done; python3 /usr/local/bin/podnet-workload "$@"; rc=$?;'
+    " while [ ! -e /tmp/done ]; do sleep 0.1; done; exit $rc",
     "--",
 ]
 
