@@ -165,9 +165,10 @@ def summary(points: Figures) -> dict[str, float]:
 
 
 def start_times(collector: Collector, ns: str, name: str) -> set[int]:
-    """The start times of the pod's cumulative points, over every request."""
-    out = set()
+    """The start times of the pod's cumulative points in the latest request carrying it."""
+    out: set[int] = set()
     for req in otlp_json.requests(collector.file):
+        found: set[int] = set()
         for rm in req.get("resourceMetrics", []):
             res = otlp_json.attrs(rm.get("resource", {}).get("attributes"))
             if res.get("k8s.pod.name") != name or res.get("k8s.namespace.name") != ns:
@@ -175,7 +176,8 @@ def start_times(collector: Collector, ns: str, name: str) -> set[int]:
             for sm in rm.get("scopeMetrics", []):
                 for m in sm.get("metrics", []):
                     if m["name"] == "podnet.tcp.connections.opened":
-                        out.update(int(dp["startTimeUnixNano"]) for dp in m["sum"]["dataPoints"])
+                        found.update(int(dp["startTimeUnixNano"]) for dp in m["sum"]["dataPoints"])
+        out = found or out
     return out
 
 
@@ -523,13 +525,15 @@ def test_resources_name_pods_and_workloads(scenario: Scenario) -> None:
 
 
 def test_kubelet_summary_of_the_agent(scenario: Scenario) -> None:
-    """The agent pod's CPU and memory as the kubelet's summary API gives them."""
+    """The agent pod's CPU and memory as the kubelet's summary API gives them (CPU and
+    memory only, as metrics-server asks: the full summary answers 500 here, cAdvisor
+    "cannot find filesystem info for device /dev/vda" for the root filesystem)."""
     s = scenario
     name = s.agent["metadata"]["name"]
     stats: dict[str, Any] = {}
 
     def has_stats() -> bool:
-        for p in s.node.kubelet_get("/stats/summary").get("pods", []):
+        for p in s.node.kubelet_get("/stats/summary?only_cpu_and_memory=true").get("pods", []):
             if p["podRef"]["name"] == name and p.get("cpu", {}).get("usageNanoCores") is not None:
                 stats.update(p)
                 return True
@@ -567,8 +571,8 @@ def test_rolling_update_leaves_nothing_of_the_old_agent(scenario: Scenario) -> N
     s = scenario
     old_uid = s.agent["metadata"]["uid"]
     old_progs, old_links = bpf_ids(s.agent_pid)
-    old_start = start_times(s.collector, NS, next(n for n in s.pods if n.startswith("web-")))
-    assert len(old_start) == 1
+    web = next(n for n in s.pods if n.startswith("web-"))
+    (old_start,) = start_times(s.collector, NS, web)
     helm(
         s.node,
         "upgrade",
@@ -581,7 +585,8 @@ def test_rolling_update_leaves_nothing_of_the_old_agent(scenario: Scenario) -> N
         f"image.tag={AGENT_TAG_NEXT}",
     )
     new = agent_pod(s.node, not_uid=old_uid)
-    assert new["status"]["containerStatuses"][0]["image"].endswith(f":{AGENT_TAG_NEXT}")
+    # (The status may name the image by its other tag: both tags are the same image.)
+    assert new["spec"]["containers"][0]["image"] == f"{AGENT_REPOSITORY}:{AGENT_TAG_NEXT}"
     wait(
         lambda: not (old_progs & bpftool_ids("prog")) and not (old_links & bpftool_ids("link")),
         60,
@@ -596,13 +601,15 @@ def test_rolling_update_leaves_nothing_of_the_old_agent(scenario: Scenario) -> N
     for pid in pod_pids(s.node, pod):
         go(pid)
     report = wait_report(s.node, NS, pod["metadata"]["name"], "connected", N_JOB)
+    for pid in pod_pids(s.node, pod):
+        go(pid, "done")
     wait_figures(
         s.collector,
         NS,
         pod["metadata"]["name"],
         {"opened_out": N_JOB, "payload_tx": report["sent"], "payload_rx": report["received"]},
     )
-    web = next(n for n in s.pods if n.startswith("web-"))
-    web_starts = start_times(s.collector, NS, web)
-    assert len(web_starts) == 2 and min(web_starts) in old_start, web_starts
+    # Backends see the restart: the web pod's counters under a new start time.
+    (new_start,) = start_times(s.collector, NS, web)
+    assert new_start > old_start
     helm(s.node, "uninstall", "otel-podnet", "-n", AGENT_NS, "--wait")
