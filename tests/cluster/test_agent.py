@@ -207,16 +207,18 @@ def wait_figures(collector: Collector, ns: str, name: str, want: dict[str, float
 
 
 def helm_install(node: Node, collector: Collector, tag: str) -> float:
-    """README "Deploy": helm install with the image overrides; seconds until Ready."""
+    """README "Deploy", as a user runs it (the image from the local store, not pulled; the
+    node's cgroup v2 at /sys/fs/cgroup/unified); seconds from helm install to Ready."""
+    node.kubectl("create", "namespace", AGENT_NS)
+    node.kubectl("label", "namespace", AGENT_NS, "pod-security.kubernetes.io/enforce=privileged")
     start = time.monotonic()
     helm(
         node,
         "install",
         "otel-podnet",
         str(REPO / "deploy" / "helm" / "otel-podnet"),
-        "--namespace",
+        "-n",
         AGENT_NS,
-        "--create-namespace",
         "--set",
         f"image.repository={AGENT_REPOSITORY}",
         "--set",
@@ -225,14 +227,18 @@ def helm_install(node: Node, collector: Collector, tag: str) -> float:
         "image.pullPolicy=Never",
         "--set",
         f"otlp.endpoint={collector.endpoint}",
-        # A hybrid-cgroup node: cgroup v2 is mounted at /sys/fs/cgroup/unified.
         "--set",
         f"hostCgroupRoot={node.cgroup2}",
         "--set",
         "interval=2",
     )
+    rollout_status(node)
     agent_pod(node)
     return time.monotonic() - start
+
+
+def rollout_status(node: Node) -> None:
+    node.kubectl("-n", AGENT_NS, "rollout", "status", "daemonset/otel-podnet", "--timeout=240s")
 
 
 def _server_container(name: str) -> dict[str, Any]:
@@ -613,3 +619,41 @@ def test_rolling_update_leaves_nothing_of_the_old_agent(scenario: Scenario) -> N
     (new_start,) = start_times(s.collector, NS, web)
     assert new_start > old_start
     helm(s.node, "uninstall", "otel-podnet", "-n", AGENT_NS, "--wait")
+
+
+def test_kubectl_apply_of_the_manifest(scenario: Scenario) -> None:
+    """README "Deploy", the plain manifest: its image, OTLP endpoint and cgroup v2 path
+    replaced (as sed would), applied; Ready with the same capabilities, and exporting."""
+    s = scenario
+    assert not s.node.kubectl_json("get", "pods", "-n", AGENT_NS)["items"], "helm uninstall left pods"
+    text = (REPO / "deploy" / "otel-podnet.yaml").read_text()
+    for old, new in (
+        ("ghcr.io/otel-podnet/otel-podnet:0.1.0", f"{AGENT_REPOSITORY}:{AGENT_TAG}"),
+        ("http://otel-podnet-gateway.otel-podnet.svc:4317", s.collector.endpoint),
+        ("path: /sys/fs/cgroup\n", f"path: {s.node.cgroup2}\n"),
+    ):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    web = next(n for n in s.pods if n.startswith("web-"))
+    (before,) = start_times(s.collector, NS, web)
+    s.node.kubectl("apply", "-f", "-", input_text=text)
+    progs: set[int] = set()
+    try:
+        rollout_status(s.node)
+        pod = agent_pod(s.node)
+        (pid,) = pod_pids(s.node, pod)
+        assert caps(pid, "CapBnd") == set(CAPS.values())
+        assert caps(pid, "CapEff") == set(CAPS.values())
+        (ctr,) = pod["spec"]["containers"]
+        assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
+        assert ctr["securityContext"].get("privileged") is False
+        # Its first exports carry the web pods again, under its own start time.
+        try:
+            wait(lambda: start_times(s.collector, NS, web) not in (set(), {before}), 120, "its exports")
+        except AssertionError:
+            logs = s.node.kubectl("logs", "-n", AGENT_NS, pod["metadata"]["name"], check=False)
+            raise AssertionError(f"no export from the manifest's agent ({before}):\n{logs}") from None
+        progs, _ = bpf_ids(pid)
+    finally:
+        s.node.kubectl("delete", "-f", "-", "--wait=true", "--timeout=120s", input_text=text, check=False)
+    wait(lambda: not (progs & bpftool_ids("prog")), 60, "its programs to go")
