@@ -625,7 +625,8 @@ def test_kubectl_apply_of_the_manifest(scenario: Scenario) -> None:
     """README "Deploy", the plain manifest: its image, OTLP endpoint and cgroup v2 path
     replaced (as sed would), applied; Ready with the same capabilities, and exporting."""
     s = scenario
-    assert not s.node.kubectl_json("get", "pods", "-n", AGENT_NS)["items"], "helm uninstall left pods"
+    # helm uninstall --wait returns before the DaemonSet's pod has terminated
+    wait(lambda: not s.node.kubectl_json("get", "pods", "-n", AGENT_NS)["items"], 120, "the Helm release's pod to go")
     text = (REPO / "deploy" / "otel-podnet.yaml").read_text()
     for old, new in (
         ("ghcr.io/otel-podnet/otel-podnet:0.1.0", f"{AGENT_REPOSITORY}:{AGENT_TAG}"),
