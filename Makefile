@@ -7,7 +7,7 @@ APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool ipe
 	prometheus tmux qemu-system-x86 kmod busybox-static file iptables
 PYTEST_ARGS ?=
 
-.PHONY: setup apt stop-packaged-prometheus pip bpf demo test test-kernels unit kernel e2e e2e-tools cluster-tools images lint bench clean
+.PHONY: setup apt stop-packaged-prometheus pip bpf demo test test-kernels test-cluster cluster-node unit kernel e2e e2e-tools cluster-tools images lint bench clean
 
 setup: apt pip bpf
 
@@ -52,14 +52,15 @@ kernel:
 e2e:
 	$(PYTHON) -m pytest tests/e2e $(PYTEST_ARGS)
 
-# The e2e tools (otelcol, kube-apiserver, etcd, helm) are built from pinned Go modules and
+# The e2e tools (otelcol, kube-apiserver, etcd, helm, and the real node's kubelet,
+# kube-proxy, controller-manager and scheduler) are built from pinned Go modules and
 # cached; the first build takes minutes, so it starts in the background while the lint,
 # unit and kernel tests run (the e2e fixtures wait for it through the scripts' locks).
 e2e-tools: cluster-tools
 	@mkdir -p build
 	@nohup bash tests/e2e/infra/build-otelcol.sh > build/otelcol-build.log 2>&1 &
 	@nohup bash tests/e2e/infra/build-kube.sh > build/kube-build.log 2>&1 &
-	@nohup bash deploy/image/build.sh > build/images-build.log 2>&1 &
+	@nohup bash deploy/image/build.sh --tag 0.1.0 --tag 0.1.0-b > build/images-build.log 2>&1 &
 
 # What building and running the container images needs (deploy/image/build.sh, the image
 # tests in tests/e2e/test_image.py): buildah (chroot isolation, overlay storage, as root),
@@ -72,6 +73,18 @@ cluster-tools:
 images: cluster-tools
 	bash deploy/image/build.sh
 
+# The real node of tests/cluster: containerd, runc and the CNI plugins from Debian (the
+# kubelet, kube-proxy and the control plane come from build-kube.sh, the images from
+# deploy/image/build.sh); iptables and conntrack for kube-proxy, util-linux's nsenter.
+CLUSTER_NODE_APT_PACKAGES := containerd runc containernetworking-plugins iptables conntrack util-linux
+cluster-node:
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(CLUSTER_NODE_APT_PACKAGES)"
+
+# Only the real-node tests: a single node on this machine running the agent's image
+# (tests/cluster; ~10 minutes once the binaries and images are cached).
+test-cluster: setup e2e-tools cluster-node
+	$(PYTHON) -m pytest tests/cluster $(PYTEST_ARGS)
+
 # The kernel matrix: tests/kernel (the demo among them) and `otel-podnet check` inside
 # Debian's Linux 6.1 (with libbpf 1.1) and 6.12 (with libbpf 1.4) under QEMU, fetched into
 # /var/cache/otel-podnet by tests/matrix/fetch.sh. In `make test` it runs right after lint,
@@ -79,11 +92,12 @@ images: cluster-tools
 test-kernels: setup
 	$(PYTHON) tests/matrix/run.py
 
-# The matrix first, then every test on this machine's kernel: both always run, and the
+# The matrix first, then every test on this machine's kernel, the real node last (its
+# binaries and images build in the background meanwhile): both always run, and the
 # target fails when either does.
-test: setup e2e-tools lint
+test: setup e2e-tools cluster-node lint
 	@$(PYTHON) tests/matrix/run.py; matrix=$$?; \
-	$(PYTHON) -m pytest tests/unit tests/kernel tests/e2e $(PYTEST_ARGS); tests=$$?; \
+	$(PYTHON) -m pytest tests/unit tests/kernel tests/e2e tests/cluster $(PYTEST_ARGS); tests=$$?; \
 	[ $$matrix -eq 0 ] && [ $$tests -eq 0 ]
 
 bench: setup

@@ -68,6 +68,12 @@ def tcp_server(a: argparse.Namespace) -> dict[str, int]:
             totals["received"] += got
             totals["sent"] += a.send
 
+    if a.count == 0:  # until killed: the totals so far after every connection it served
+        while True:
+            conn, _ = srv.accept()
+            totals["accepted"] += 1
+            serve(conn)
+            print(json.dumps(totals), flush=True)
     for _ in range(a.count):
         conn, _ = srv.accept()
         totals["accepted"] += 1
@@ -206,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("mode", choices=sorted(MODES))
     p.add_argument("--addr", required=True)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--count", type=int, default=1, help="tcp-server: 0 serves until killed")
     p.add_argument("--send", type=int, default=0)
     p.add_argument("--recv", type=int, default=0)
     p.add_argument("--size", type=int, default=512)

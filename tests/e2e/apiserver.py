@@ -156,7 +156,7 @@ def _issue_cert(
 
 
 class _Pki:
-    def __init__(self, pki: Path) -> None:
+    def __init__(self, pki: Path, extra_sans: Sequence[str] = ()) -> None:
         pki.mkdir(parents=True, exist_ok=True)
         self.ca_key, self.ca_crt = _issue_cert(
             pki,
@@ -179,7 +179,7 @@ class _Pki:
                 "authorityKeyIdentifier=keyid:always",
                 "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
                 "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-                "DNS:kubernetes.default.svc.cluster.local",
+                "DNS:kubernetes.default.svc.cluster.local" + "".join(f",{san}" for san in extra_sans),
             ],
             ca,
             2,
@@ -748,19 +748,28 @@ def _wait_etcd(etcd: _Process, url: str, timeout: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def run_apiserver(workdir: Path, *, bin_dir: Path | None = None) -> Iterator[ApiServer]:
+def run_apiserver(
+    workdir: Path,
+    *,
+    bin_dir: Path | None = None,
+    extra_args: Sequence[str] = (),
+    extra_sans: Sequence[str] = (),
+) -> Iterator[ApiServer]:
     """Start etcd and kube-apiserver on loopback; stop both on exit.
 
     ``workdir`` receives the PKI, etcd data, logs (``logs/``) and kubeconfigs.
     Both processes are stopped (SIGTERM, then SIGKILL) even when startup or
-    the ``with`` body fails.
+    the ``with`` body fails. ``extra_args`` come after the defaults (a flag given
+    twice takes its last value), ``extra_sans`` are added to the serving
+    certificate (``IP:...``, ``DNS:...``): the real node of tests/cluster serves
+    its pods on a node address and a Service ClusterIP.
     """
     bin_dir = bin_dir or build_kube()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
-    pki = _Pki(workdir / "pki")
+    pki = _Pki(workdir / "pki", extra_sans)
     etcd_client, etcd_peer, secure_port = _free_ports(3)
     etcd_url = f"http://127.0.0.1:{etcd_client}"
     peer_url = f"http://127.0.0.1:{etcd_peer}"
@@ -807,6 +816,7 @@ def run_apiserver(workdir: Path, *, bin_dir: Path | None = None) -> Iterator[Api
             "--allow-privileged=false",
             "--profiling=false",
             "--v=1",
+            *extra_args,
         ],
         logs / "kube-apiserver.log",
     )

@@ -43,7 +43,7 @@ def archives() -> Archives:
         pytest.skip("building images needs root (buildah, runc)")
     missing = missing_tools()
     assert not missing, f"missing {', '.join(missing)}: run `make cluster-tools`"
-    return build_images(("0.1.0", "0.1.0-test"))
+    return build_images(("0.1.0", "0.1.0-b"))  # the tags tests/cluster uses: one cached build serves both
 
 
 @pytest.fixture(scope="module")

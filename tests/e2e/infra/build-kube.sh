@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build the Kubernetes control-plane binaries used by the e2e tests:
+# Build the Kubernetes binaries used by the e2e and cluster tests:
 #   kube-apiserver, kubectl  (k8s.io/kubernetes, pinned in kube/go.mod)
+#   kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+#                            (the same module: the real node of tests/cluster)
 #   etcd                     (go.etcd.io/etcd/server/v3, pinned in kube/go.mod)
 #   helm                     (helm.sh/helm/v3, pinned in helm/go.mod)
 #
@@ -73,7 +75,7 @@ main() {
     } | sha256sum | cut -c1-16
   )"
   out="${cache_root}/kube-${hash}"
-  binaries=(kube-apiserver kubectl etcd helm)
+  binaries=(kube-apiserver kubectl etcd helm kube-controller-manager kube-scheduler kubelet kube-proxy)
 
   complete() {
     [[ -f "${out}/.complete" ]] || return 1
@@ -124,6 +126,15 @@ main() {
       ./cmd/etcd
   ) >&2
   log "kube-apiserver, kubectl, etcd built after $((SECONDS - start))s"
+  (
+    cd "${kube_mod}"
+    nice -n "${nice_level}" "${go_bin}" build -trimpath -ldflags "${kube_ldflags}" -o "${tmp}/" \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler \
+      k8s.io/kubernetes/cmd/kubelet \
+      k8s.io/kubernetes/cmd/kube-proxy
+  ) >&2
+  log "kube-controller-manager, kube-scheduler, kubelet, kube-proxy built after $((SECONDS - start))s"
 
   helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
   helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
@@ -142,6 +153,8 @@ main() {
   "${tmp}/kube-apiserver" --version >&2
   "${tmp}/etcd" --version >&2
   "${tmp}/kubectl" version --client >&2
+  "${tmp}/kubelet" --version >&2
+  "${tmp}/kube-proxy" --version >&2
   "${tmp}/helm" version --short >&2
 
   printf 'kubernetes=%s\nhelm=%s\ngo=%s\nbuild_seconds=%s\n' \
