@@ -19,9 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from logging import getLogger
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .inventory import PodSource
 from .settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from .kube import KubePeerDirectory
 
 _logger = getLogger(__name__)
 
@@ -78,3 +82,20 @@ def maybe_api_source(settings: Settings) -> PodSource | None:
             "expected it installed with otel-podnet"
         ) from exc
     return open_source(target, settings.node_name)
+
+
+def maybe_peer_directory(settings: Settings, wait: float = 10.0) -> KubePeerDirectory | None:
+    """The cluster's pods and Services for peer metrics (otel_podnet.kube.KubePeerDirectory,
+    a PeerDirectory), started, when the Kubernetes API is where pods come from (the same
+    choice as :func:`maybe_api_source`); None otherwise. Waits up to ``wait`` seconds for
+    the first lists and never fails for the API (peers are named once it answers); raises
+    ConfigError only for a config that cannot be loaded. Call ``stop()`` at the end."""
+    if settings.pods_file is not None:
+        return None
+    target = choose_target(settings)
+    if target is None:
+        return None
+    from .kube import open_peer_directory
+
+    _logger.info("peers: the cluster's pods and Services from the Kubernetes API (%s)", target.description)
+    return open_peer_directory(target, wait=wait)

@@ -1,0 +1,303 @@
+"""Memory and sync time of the peer directory (otel_podnet.kube.KubePeerDirectory) at
+N pods (default 10,000) against the real kube-apiserver the e2e tests build:
+
+    PYTHONPATH=$PWD python3 bench/peer_directory_memory.py [--pods 10000]
+
+It starts etcd and kube-apiserver (tests/e2e/apiserver.py, binaries from
+tests/e2e/infra/build-kube.sh), creates the pods of a cluster of ``--nodes`` nodes (bare Pod
+objects with owners, labels, two containers, and status.podIP set through the status
+subresource, as a kubelet would: no kubelet runs), with 80 % of them in Deployments of 8
+pods, 10 % in StatefulSets of 10, 5 % in DaemonSets (one pod per node) and 5 % bare; a
+Service with one EndpointSlice of its ready pods per Deployment and StatefulSet; then:
+
+1. starts a directory and times its first sync (the three lists, page by page), and the
+   RSS of this process before and after (``kubernetes`` imported before the first figure);
+2. stops it and does the same under tracemalloc: the memory the synced directory keeps
+   (current) and the peak during the sync (the pages being decoded);
+3. looks every pod IP and ClusterIP up once, timed, and checks the answers against what
+   it created (a wrong answer stops the run: the figures would be of something else).
+
+Numbers are printed, never asserted as performance (bench/, not tests/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s_client
+
+from otel_podnet.kube import KubePeerDirectory, load_configuration
+from otel_podnet.kube_source import ApiTarget
+from otel_podnet.peerinfo import PeerWorkload
+from tests.e2e.apiserver import ApiServer, run_apiserver
+
+Obj = dict[str, Any]
+IMAGE = "registry.invalid/bench/app:1.2.3"
+
+
+def rss_kib() -> int:
+    m = re.search(r"^VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    return int(m.group(1)) if m else 0
+
+
+def pod_ip(i: int) -> str:
+    return f"10.{64 + i // 65536}.{i // 256 % 256}.{i % 256}"
+
+
+def plan(pods: int, nodes: int) -> list[tuple[str, str, str, Obj | None, dict[str, str], PeerWorkload]]:
+    """(namespace, pod name, node, owner reference, labels, expected workload) of every pod."""
+    out: list[tuple[str, str, str, Obj | None, dict[str, str], PeerWorkload]] = []
+    namespaces = [f"team-{n:02d}" for n in range(20)]
+    n_deploy, n_sts, n_ds = pods * 80 // 100 // 8, pods * 10 // 100 // 10, pods * 5 // 100 // nodes
+    i = 0
+
+    def add(ns: str, name: str, owner: Obj | None, labels: dict[str, str], want: PeerWorkload) -> None:
+        nonlocal i
+        out.append((ns, name, f"node-{i % nodes:03d}", owner, labels, want))
+        i += 1
+
+    for d in range(n_deploy):
+        ns, dep, pth = namespaces[d % 20], f"svc{d:04d}-api", f"{d:010x}"[-10:]
+        rs = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": f"{dep}-{pth}",
+            "uid": f"{d:08x}-0000-4000-8000-000000000001",
+            "controller": True,
+        }
+        for r in range(8):
+            labels = {"app.kubernetes.io/name": dep, "pod-template-hash": pth, "tier": "backend"}
+            add(ns, f"{dep}-{pth}-{r:05d}", rs, labels, PeerWorkload(ns, dep, "deployment"))
+    for s in range(n_sts):
+        ns, sts = namespaces[s % 20], f"db{s:03d}"
+        ref = {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "name": sts,
+            "uid": f"{s:08x}-0000-4000-8000-000000000002",
+            "controller": True,
+        }
+        for r in range(10):
+            add(ns, f"{sts}-{r}", ref, {"app.kubernetes.io/name": sts}, PeerWorkload(ns, sts, "statefulset"))
+    for k in range(n_ds):
+        ref = {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "name": f"agent{k}",
+            "uid": f"{k:08x}-0000-4000-8000-000000000003",
+            "controller": True,
+        }
+        for r in range(nodes):
+            add(
+                "kube-system",
+                f"agent{k}-{r:05x}",
+                ref,
+                {"app": f"agent{k}"},
+                PeerWorkload("kube-system", f"agent{k}", "daemonset"),
+            )
+    while i < pods:
+        ns = namespaces[i % 20]
+        add(ns, f"solo-{i:05d}", None, {"run": "solo"}, PeerWorkload(ns, f"solo-{i:05d}", "pod"))
+    return out
+
+
+class Writer:
+    """Creates the objects over kept-alive connections (the kubernetes client's pool): a new
+    TLS connection per request, as tests/e2e/apiserver.py makes them, is ten times slower."""
+
+    def __init__(self, api: ApiServer, workers: int) -> None:
+        cfg = load_configuration(ApiTarget(False, api.admin_kubeconfig, "bench"))
+        cfg.connection_pool_maxsize = workers
+        self.client = k8s_client.ApiClient(configuration=cfg)
+        self.core: Any = k8s_client.CoreV1Api(self.client)
+        self.discovery: Any = k8s_client.DiscoveryV1Api(self.client)
+
+    def pod(self, i: int, p: tuple[str, str, str, Obj | None, dict[str, str], PeerWorkload]) -> Obj:
+        ns, name, node, owner, labels, _ = p
+        meta: Obj = {"name": name, "labels": labels, "annotations": {"bench.otel-podnet/index": str(i)}}
+        if owner:
+            meta["ownerReferences"] = [owner]
+        container = {
+            "image": IMAGE,
+            "ports": [{"containerPort": 8080, "name": "http"}],
+            "env": [{"name": "MODE", "value": "bench"}, {"name": "LOG_LEVEL", "value": "info"}],
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        }
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": meta,
+            "spec": {
+                "nodeName": node,
+                "automountServiceAccountToken": False,
+                "containers": [{"name": "app", **container}, {"name": "sidecar", **container}],
+            },
+        }
+        created = json.loads(self.core.create_namespaced_pod(ns, pod, _preload_content=False).data)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status = {
+            "phase": "Running",
+            "podIP": pod_ip(i),
+            "podIPs": [{"ip": pod_ip(i)}],
+            "hostIP": "192.168.0.1",
+            "startTime": now,
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+        }
+        patched = self.core.patch_namespaced_pod_status(
+            name, ns, {"status": status}, _preload_content=False, _content_type="application/merge-patch+json"
+        )
+        patched.release_conn()
+        return dict(created)
+
+    def service(self, ns: str, name: str, members: list[Obj], ips: list[str]) -> str:
+        svc = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"app.kubernetes.io/name": name}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }
+        created = json.loads(self.core.create_namespaced_service(ns, svc, _preload_content=False).data)
+        endpoints = [
+            {
+                "addresses": [ip],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "nodeName": m["spec"]["nodeName"],
+                "targetRef": {
+                    "kind": "Pod",
+                    "namespace": ns,
+                    "name": m["metadata"]["name"],
+                    "uid": m["metadata"]["uid"],
+                },
+            }
+            for m, ip in zip(members, ips, strict=True)
+        ]
+        eps = {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": f"{name}-x7k2q", "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+        }
+        self.discovery.create_namespaced_endpoint_slice(ns, eps, _preload_content=False).release_conn()
+        return str(created["spec"]["clusterIP"])
+
+
+def sync(api: ApiServer) -> tuple[KubePeerDirectory, float]:
+    cfg = load_configuration(ApiTarget(False, api.admin_kubeconfig, "bench"))
+    d = KubePeerDirectory(k8s_client.ApiClient(configuration=cfg), server=str(cfg.host), credentials="bench")
+    began = time.monotonic()
+    d.start()
+    if not d.wait_synced(600):
+        raise SystemExit("the directory did not sync within 600 s")
+    return d, time.monotonic() - began
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pods", type=int, default=10_000)
+    ap.add_argument("--nodes", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=8, help="parallel requests while creating the objects")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp, run_apiserver(Path(tmp)) as api:
+        pods = plan(args.pods, args.nodes)
+        for ns in sorted({p[0] for p in pods}):
+            if ns == "kube-system":
+                api.create_service_account(ns, "default", exist_ok=True)
+            else:
+                api.create_namespace(ns)
+        began = time.monotonic()
+        writer = Writer(api, args.workers)
+        with ThreadPoolExecutor(args.workers) as pool:
+            created = list(pool.map(lambda ip: writer.pod(*ip), enumerate(pods)))
+            groups: dict[tuple[str, str], list[int]] = {}
+            for i, p in enumerate(pods):
+                if p[5].kind in ("deployment", "statefulset"):
+                    groups.setdefault((p[0], p[5].workload), []).append(i)
+            keys = sorted(groups)
+            cluster_ips = list(
+                pool.map(
+                    lambda k: writer.service(
+                        k[0], k[1], [created[i] for i in groups[k]], [pod_ip(i) for i in groups[k]]
+                    ),
+                    keys,
+                )
+            )
+        writer.client.close()
+        n_endpoints = sum(len(v) for v in groups.values())
+        print(
+            f"created {len(pods)} pods on {args.nodes} nodes, {len(keys)} Services with {n_endpoints} endpoints "
+            f"in {time.monotonic() - began:.0f} s (kube-apiserver {api.kubectl('version').stdout.split()[-1]})"
+        )
+
+        gc.collect()
+        rss0 = rss_kib()
+        d, seconds = sync(api)
+        gc.collect()
+        rss1 = rss_kib()
+        sizes = d.tables.sizes()
+        lookups = [pod_ip(i) for i in range(len(pods))]
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            got = [d.pod_by_ip(ip) for ip in lookups]
+            times.append((time.perf_counter() - t) / len(lookups))
+        wrong = [ip for ip, g, p in zip(lookups, got, pods, strict=True) if g != p[5]]
+        t = time.perf_counter()
+        refs = [d.service_by_ip(ip) for ip in cluster_ips]
+        svc_first = (time.perf_counter() - t) / len(cluster_ips)
+        t = time.perf_counter()
+        refs = [d.service_by_ip(ip) for ip in cluster_ips]
+        svc_cached = (time.perf_counter() - t) / len(cluster_ips)
+        wrong += [
+            ip
+            for ip, r, k in zip(cluster_ips, refs, keys, strict=True)
+            if r is None or (r.namespace, r.name) != k or [b.workload for b in r.backends] != [k[1]]
+        ]
+        d.stop()
+        if wrong:
+            print(f"WRONG answers for {len(wrong)} addresses, e.g. {wrong[:5]}", file=sys.stderr)
+            return 1
+
+        gc.collect()
+        tracemalloc.start()
+        d2, traced_seconds = sync(api)
+        gc.collect()
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        d2.stop()
+
+    print(f"synced: {sizes['pods']} pods, {sizes['services']} Services, {sizes['endpointslices']} EndpointSlices")
+    print(f"first sync (three lists, 500 a page)     {seconds:6.2f} s   ({traced_seconds:.2f} s under tracemalloc)")
+    print(
+        f"RSS of this process                       before {rss0 / 1024:6.1f} MiB   after {rss1 / 1024:6.1f} MiB   "
+        f"delta {(rss1 - rss0) / 1024:5.1f} MiB"
+    )
+    print(
+        f"tracemalloc: kept after the sync          {current / 2**20:6.2f} MiB   ({current / len(pods):.0f} B per pod)"
+    )
+    print(f"tracemalloc: peak during the sync         {peak / 2**20:6.2f} MiB")
+    print(
+        f"pod_by_ip                                 {statistics.median(times) * 1e9:6.0f} ns per lookup "
+        f"(median of 5 x {len(lookups)})"
+    )
+    print(
+        f"service_by_ip                             {svc_first * 1e6:6.1f} us first, {svc_cached * 1e9:.0f} ns cached"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
