@@ -10,12 +10,14 @@ subresource, as a kubelet would: no kubelet runs), with 80 % of them in Deployme
 pods, 10 % in StatefulSets of 10, 5 % in DaemonSets (one pod per node) and 5 % bare; a
 Service with one EndpointSlice of its ready pods per Deployment and StatefulSet; then:
 
+then, for each ``--page-size`` (default 500), in a fresh process that holds nothing else:
+
 1. starts a directory and times its first sync (the three lists, page by page), and the
-   RSS of this process before and after (``kubernetes`` imported before the first figure);
-2. stops it and does the same under tracemalloc: the memory the synced directory keeps
-   (current) and the peak during the sync (the pages being decoded);
-3. looks every pod IP and ClusterIP up once, timed, and checks the answers against what
-   it created (a wrong answer stops the run: the figures would be of something else).
+   RSS of the process before and after (``kubernetes`` imported before the first figure);
+2. looks every pod IP and ClusterIP up, timed, and checks the answers against what was
+   created (a wrong answer fails the run: the figures would be of something else);
+3. stops it and syncs again under tracemalloc: the memory the synced directory keeps
+   (current) and the peak during the sync (the pages being decoded).
 
 Numbers are printed, never asserted as performance (bench/, not tests/).
 """
@@ -27,6 +29,7 @@ import gc
 import json
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -157,6 +160,7 @@ class Writer:
         patched = self.core.patch_namespaced_pod_status(
             name, ns, {"status": status}, _preload_content=False, _content_type="application/merge-patch+json"
         )
+        patched.drain_conn()  # read, so the kept-alive connection is clean for the next request
         patched.release_conn()
         return dict(created)
 
@@ -190,13 +194,17 @@ class Writer:
             "endpoints": endpoints,
             "ports": [{"port": 8080, "protocol": "TCP"}],
         }
-        self.discovery.create_namespaced_endpoint_slice(ns, eps, _preload_content=False).release_conn()
+        created_eps = self.discovery.create_namespaced_endpoint_slice(ns, eps, _preload_content=False)
+        created_eps.drain_conn()
+        created_eps.release_conn()
         return str(created["spec"]["clusterIP"])
 
 
-def sync(api: ApiServer) -> tuple[KubePeerDirectory, float]:
-    cfg = load_configuration(ApiTarget(False, api.admin_kubeconfig, "bench"))
-    d = KubePeerDirectory(k8s_client.ApiClient(configuration=cfg), server=str(cfg.host), credentials="bench")
+def sync(kubeconfig: Path, page_size: int) -> tuple[KubePeerDirectory, float]:
+    cfg = load_configuration(ApiTarget(False, kubeconfig, "bench"))
+    d = KubePeerDirectory(
+        k8s_client.ApiClient(configuration=cfg), server=str(cfg.host), credentials="bench", page_size=page_size
+    )
     began = time.monotonic()
     d.start()
     if not d.wait_synced(600):
@@ -204,12 +212,99 @@ def sync(api: ApiServer) -> tuple[KubePeerDirectory, float]:
     return d, time.monotonic() - began
 
 
+def warm_up(kubeconfig: Path) -> None:
+    """One call of each list method the directory uses, with a throwaway client: the
+    kubernetes client (v37) builds a pydantic validator per API method on its first call,
+    which the agent's pod source has paid for already for pods; its RSS is reported apart."""
+    cfg = load_configuration(ApiTarget(False, kubeconfig, "bench"))
+    with k8s_client.ApiClient(configuration=cfg) as client:
+        core: Any = k8s_client.CoreV1Api(client)
+        discovery: Any = k8s_client.DiscoveryV1Api(client)
+        for call in (
+            core.list_pod_for_all_namespaces,
+            core.list_service_for_all_namespaces,
+            discovery.list_endpoint_slice_for_all_namespaces,
+        ):
+            json.loads(call(limit=1, _preload_content=False).data)
+
+
+def measure(kubeconfig: Path, page_size: int, expect_file: Path) -> int:
+    """One directory in this (fresh) process: figures printed, answers checked."""
+    expect = json.loads(expect_file.read_text())
+    pods: dict[str, list[str]] = expect["pods"]
+    services: dict[str, list[Any]] = expect["services"]
+    gc.collect()
+    rss_start = rss_kib()
+    warm_up(kubeconfig)
+    gc.collect()
+    rss0 = rss_kib()
+    d, seconds = sync(kubeconfig, page_size)
+    gc.collect()
+    rss1 = rss_kib()
+    sizes = d.tables.sizes()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        got = [d.pod_by_ip(ip) for ip in pods]
+        times.append((time.perf_counter() - t) / len(pods))
+    wrong = [ip for ip, g in zip(pods, got, strict=True) if g != PeerWorkload(*pods[ip])]
+    t = time.perf_counter()
+    refs = [d.service_by_ip(ip) for ip in services]
+    svc_first = (time.perf_counter() - t) / len(services)
+    t = time.perf_counter()
+    refs = [d.service_by_ip(ip) for ip in services]
+    svc_cached = (time.perf_counter() - t) / len(services)
+    wrong += [
+        ip
+        for ip, r in zip(services, refs, strict=True)
+        if r is None or [r.namespace, r.name, [[b.namespace, b.workload, b.kind] for b in r.backends]] != services[ip]
+    ]
+    d.stop()
+    if wrong:
+        print(f"WRONG answers for {len(wrong)} addresses, e.g. {wrong[:5]}", file=sys.stderr)
+        return 1
+    gc.collect()
+    tracemalloc.start()
+    d2, traced_seconds = sync(kubeconfig, page_size)
+    gc.collect()
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    d2.stop()
+    print(f"page size {page_size}:")
+    print(f"  synced: {sizes['pods']} pods, {sizes['services']} Services, {sizes['endpointslices']} EndpointSlices")
+    print(f"  first sync (three lists)                {seconds:6.2f} s   ({traced_seconds:.2f} s under tracemalloc)")
+    print(
+        f"  RSS of the process                      {rss_start / 1024:6.1f} MiB, then {rss0 / 1024:6.1f} MiB after the "
+        f"client's first calls (+{(rss0 - rss_start) / 1024:.1f} MiB), then {rss1 / 1024:6.1f} MiB synced "
+        f"(+{(rss1 - rss0) / 1024:.1f} MiB)"
+    )
+    print(
+        f"  tracemalloc: kept after the sync        {current / 2**20:6.2f} MiB   ({current / len(pods):.0f} B per pod)"
+    )
+    print(f"  tracemalloc: peak during the sync       {peak / 2**20:6.2f} MiB")
+    print(
+        f"  pod_by_ip                               {statistics.median(times) * 1e9:6.0f} ns per lookup "
+        f"(median of 5 x {len(pods)})"
+    )
+    print(
+        f"  service_by_ip                           {svc_first * 1e6:6.1f} us first, {svc_cached * 1e9:.0f} ns cached"
+    )
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pods", type=int, default=10_000)
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--workers", type=int, default=8, help="parallel requests while creating the objects")
+    ap.add_argument(
+        "--page-size", type=int, action="append", help="list page size(s) to measure, each in a fresh process (500)"
+    )
+    ap.add_argument("--measure", nargs=2, metavar=("KUBECONFIG", "EXPECT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    page_sizes = args.page_size or [500]
+    if args.measure:
+        return measure(Path(args.measure[0]), page_sizes[0], Path(args.measure[1]))
 
     with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp, run_apiserver(Path(tmp)) as api:
         pods = plan(args.pods, args.nodes)
@@ -241,62 +336,21 @@ def main() -> int:
             f"created {len(pods)} pods on {args.nodes} nodes, {len(keys)} Services with {n_endpoints} endpoints "
             f"in {time.monotonic() - began:.0f} s (kube-apiserver {api.kubectl('version').stdout.split()[-1]})"
         )
-
-        gc.collect()
-        rss0 = rss_kib()
-        d, seconds = sync(api)
-        gc.collect()
-        rss1 = rss_kib()
-        sizes = d.tables.sizes()
-        lookups = [pod_ip(i) for i in range(len(pods))]
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            got = [d.pod_by_ip(ip) for ip in lookups]
-            times.append((time.perf_counter() - t) / len(lookups))
-        wrong = [ip for ip, g, p in zip(lookups, got, pods, strict=True) if g != p[5]]
-        t = time.perf_counter()
-        refs = [d.service_by_ip(ip) for ip in cluster_ips]
-        svc_first = (time.perf_counter() - t) / len(cluster_ips)
-        t = time.perf_counter()
-        refs = [d.service_by_ip(ip) for ip in cluster_ips]
-        svc_cached = (time.perf_counter() - t) / len(cluster_ips)
-        wrong += [
-            ip
-            for ip, r, k in zip(cluster_ips, refs, keys, strict=True)
-            if r is None or (r.namespace, r.name) != k or [b.workload for b in r.backends] != [k[1]]
-        ]
-        d.stop()
-        if wrong:
-            print(f"WRONG answers for {len(wrong)} addresses, e.g. {wrong[:5]}", file=sys.stderr)
-            return 1
-
-        gc.collect()
-        tracemalloc.start()
-        d2, traced_seconds = sync(api)
-        gc.collect()
-        current, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        d2.stop()
-
-    print(f"synced: {sizes['pods']} pods, {sizes['services']} Services, {sizes['endpointslices']} EndpointSlices")
-    print(f"first sync (three lists, 500 a page)     {seconds:6.2f} s   ({traced_seconds:.2f} s under tracemalloc)")
-    print(
-        f"RSS of this process                       before {rss0 / 1024:6.1f} MiB   after {rss1 / 1024:6.1f} MiB   "
-        f"delta {(rss1 - rss0) / 1024:5.1f} MiB"
-    )
-    print(
-        f"tracemalloc: kept after the sync          {current / 2**20:6.2f} MiB   ({current / len(pods):.0f} B per pod)"
-    )
-    print(f"tracemalloc: peak during the sync         {peak / 2**20:6.2f} MiB")
-    print(
-        f"pod_by_ip                                 {statistics.median(times) * 1e9:6.0f} ns per lookup "
-        f"(median of 5 x {len(lookups)})"
-    )
-    print(
-        f"service_by_ip                             {svc_first * 1e6:6.1f} us first, {svc_cached * 1e9:.0f} ns cached"
-    )
-    return 0
+        expect = {
+            "pods": {pod_ip(i): [p[5].namespace, p[5].workload, p[5].kind] for i, p in enumerate(pods)},
+            "services": {
+                ip: [k[0], k[1], [[k[0], k[1], pods[groups[k][0]][5].kind]]]
+                for ip, k in zip(cluster_ips, keys, strict=True)
+            },
+        }
+        expect_file = Path(tmp) / "expect.json"
+        expect_file.write_text(json.dumps(expect))
+        rc = 0
+        for size in page_sizes:
+            sys.stdout.flush()
+            argv = [sys.executable, __file__, "--measure", str(api.admin_kubeconfig), str(expect_file)]
+            rc |= subprocess.run([*argv, "--page-size", str(size)], check=False).returncode
+        return rc
 
 
 if __name__ == "__main__":
