@@ -10,7 +10,7 @@ subresource, as a kubelet would: no kubelet runs), with 80 % of them in Deployme
 pods, 10 % in StatefulSets of 10, 5 % in DaemonSets (one pod per node) and 5 % bare; a
 Service with one EndpointSlice of its ready pods per Deployment and StatefulSet; then:
 
-then, for each ``--page-size`` (default 500), in a fresh process that holds nothing else:
+then, for each ``--page-size`` (default 100, the directory's), in a fresh process that holds nothing else:
 
 1. starts a directory and times its first sync (the three lists, page by page), and the
    RSS of the process before and after (``kubernetes`` imported before the first figure);
@@ -34,11 +34,13 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s_client
+from kubernetes.client.exceptions import ApiException
 
 from otel_podnet.kube import KubePeerDirectory, load_configuration
 from otel_podnet.kube_source import ApiTarget
@@ -115,6 +117,21 @@ def plan(pods: int, nodes: int) -> list[tuple[str, str, str, Obj | None, dict[st
     return out
 
 
+def retried(call: Callable[[], Any], existing: Callable[[], Any] | None = None) -> Any:
+    """``call()``, again after a 5xx or 429 (a busy API server: "resource quota evaluation
+    timed out"); a 409 of a create that had gone through before is ``existing()``."""
+    for attempt in range(8):
+        try:
+            return call()
+        except ApiException as exc:
+            if exc.status == 409 and existing is not None and attempt > 0:
+                return existing()
+            if exc.status != 429 and not 500 <= (exc.status or 0) < 600:
+                raise
+        time.sleep(0.5 * 2**attempt)
+    return call()
+
+
 class Writer:
     """Creates the objects over kept-alive connections (the kubernetes client's pool): a new
     TLS connection per request, as tests/e2e/apiserver.py makes them, is ten times slower."""
@@ -144,10 +161,13 @@ class Writer:
             "spec": {
                 "nodeName": node,
                 "automountServiceAccountToken": False,
-                "containers": [{"name": "app", **container}, {"name": "sidecar", **container}],
+                "containers": [{"name": "app", **container}, {"name": "sidecar", **container, "ports": []}],
             },
         }
-        created = json.loads(self.core.create_namespaced_pod(ns, pod, _preload_content=False).data)
+        created = retried(
+            lambda: json.loads(self.core.create_namespaced_pod(ns, pod, _preload_content=False).data),
+            lambda: json.loads(self.core.read_namespaced_pod(name, ns, _preload_content=False).data),
+        )
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         status = {
             "phase": "Running",
@@ -157,11 +177,13 @@ class Writer:
             "startTime": now,
             "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
         }
-        patched = self.core.patch_namespaced_pod_status(
-            name, ns, {"status": status}, _preload_content=False, _content_type="application/merge-patch+json"
+        retried(
+            lambda: (
+                self.core.patch_namespaced_pod_status(
+                    name, ns, {"status": status}, _preload_content=False, _content_type="application/merge-patch+json"
+                ).data
+            )  # read, so the kept-alive connection is clean for the next request
         )
-        patched.drain_conn()  # read, so the kept-alive connection is clean for the next request
-        patched.release_conn()
         return dict(created)
 
     def service(self, ns: str, name: str, members: list[Obj], ips: list[str]) -> str:
@@ -171,7 +193,10 @@ class Writer:
             "metadata": {"name": name, "namespace": ns},
             "spec": {"selector": {"app.kubernetes.io/name": name}, "ports": [{"port": 80, "targetPort": 8080}]},
         }
-        created = json.loads(self.core.create_namespaced_service(ns, svc, _preload_content=False).data)
+        created = retried(
+            lambda: json.loads(self.core.create_namespaced_service(ns, svc, _preload_content=False).data),
+            lambda: json.loads(self.core.read_namespaced_service(name, ns, _preload_content=False).data),
+        )
         endpoints = [
             {
                 "addresses": [ip],
@@ -194,9 +219,10 @@ class Writer:
             "endpoints": endpoints,
             "ports": [{"port": 8080, "protocol": "TCP"}],
         }
-        created_eps = self.discovery.create_namespaced_endpoint_slice(ns, eps, _preload_content=False)
-        created_eps.drain_conn()
-        created_eps.release_conn()
+        retried(
+            lambda: self.discovery.create_namespaced_endpoint_slice(ns, eps, _preload_content=False).data,
+            lambda: None,
+        )
         return str(created["spec"]["clusterIP"])
 
 
@@ -298,11 +324,14 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--workers", type=int, default=8, help="parallel requests while creating the objects")
     ap.add_argument(
-        "--page-size", type=int, action="append", help="list page size(s) to measure, each in a fresh process (500)"
+        "--page-size",
+        type=int,
+        action="append",
+        help="list page size(s) to measure, each in a fresh process (the directory's default, 100)",
     )
     ap.add_argument("--measure", nargs=2, metavar=("KUBECONFIG", "EXPECT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    page_sizes = args.page_size or [500]
+    page_sizes = args.page_size or [100]
     if args.measure:
         return measure(Path(args.measure[0]), page_sizes[0], Path(args.measure[1]))
 
