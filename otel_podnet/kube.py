@@ -223,6 +223,7 @@ class KubePodSource:
         self._trouble = RateLimited(_logger, 60.0)  # unreachable, failing
         self._refused = RateLimited(_logger, 60.0)  # 401/403: a different trouble, reported on its own
         self._skips = SkipWarnings(_logger)  # pods with fields of the wrong type
+        self._peers: KubePeerDirectory | None = None
 
     # -- PodSource --------------------------------------------------------------------------
 
@@ -237,7 +238,33 @@ class KubePodSource:
     def pods(self) -> Mapping[str, PodInfo]:
         return self._view
 
+    def peer_directory(self) -> KubePeerDirectory | None:
+        """The cluster's pods and Services for peer metrics, once :meth:`start_peer_directory`
+        started it (the agent's Core asks its pod source for one)."""
+        return self._peers
+
+    def start_peer_directory(self, wait: float = 10.0) -> KubePeerDirectory:
+        """Start watching the cluster's pods and Services (a client of its own, with this
+        source's configuration), waiting up to ``wait`` seconds for the first lists; never
+        fails for the API. :meth:`close` stops it."""
+        if self._peers is None:
+            directory = make_peer_directory(
+                k8s_client.ApiClient(configuration=self._api.configuration),
+                server=self.server,
+                credentials=self.credentials,
+            )
+            directory.start()
+            self._peers = directory
+            if wait > 0 and not directory.wait_synced(wait):
+                _logger.warning(
+                    "peers: the cluster's pods and Services not listed yet after %g s; peers are named once they are",
+                    wait,
+                )
+        return self._peers
+
     def close(self) -> None:
+        if self._peers is not None:
+            self._peers.stop()
         self._stop.set()
         resp = self._resp
         if resp is not None:
@@ -588,7 +615,7 @@ class KubePodSource:
 # -- the cluster's pods and Services, for peers ----------------------------------------------
 
 # Pods that can be a peer: with an IP, not finished (a finished pod's IP may be another's).
-# Host-network pods (the node's IP) are dropped on arrival: that field selector is recent.
+# Host-network pods are kept apart, as their nodes' addresses (otel_podnet.peer_index).
 PEER_POD_SELECTOR = "status.podIP!=,status.phase!=Succeeded,status.phase!=Failed"
 # kind -> (what to grant, and what is missing without it)
 _PEER_RBAC = {
@@ -817,6 +844,7 @@ class KubePeerDirectory:
 
     Three daemon threads list and watch pods (with an IP, not finished; all nodes),
     Services and discovery.k8s.io/v1 EndpointSlices; each keeps only what a lookup needs.
+    Host-network pods are no pod peers: their IPs are the nodes' (:meth:`node_ips`).
     :meth:`start` returns at once (the agent starts counting; peers are named once the
     first lists arrive, :meth:`wait_synced`); a refused or unreachable API never stops the
     agent: lookups answer from the last view."""
@@ -862,6 +890,10 @@ class KubePeerDirectory:
 
     def service_by_ip(self, ip: str) -> ServiceRef | None:
         return self.tables.service_by_ip(ip)
+
+    def node_ips(self) -> frozenset[str]:
+        """The cluster's node addresses as its host-network pods show them."""
+        return self.tables.node_ips()
 
     # -- life -------------------------------------------------------------------------------
 

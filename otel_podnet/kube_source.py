@@ -19,13 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from logging import getLogger
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .inventory import PodSource
 from .settings import ConfigError, Settings
-
-if TYPE_CHECKING:
-    from .kube import KubePeerDirectory
 
 _logger = getLogger(__name__)
 
@@ -67,7 +63,8 @@ def maybe_api_source(settings: Settings) -> PodSource | None:
     """The API source when a Kubernetes config is available, else None (host mode).
 
     Lists the node's pods before returning (retrying for up to 30 s when the API is
-    unreachable), then keeps watching them in a background thread. Raises ConfigError when
+    unreachable), then keeps watching them in a background thread; with peer metrics on,
+    also the cluster's pods and Services (its ``peer_directory()``). Raises ConfigError when
     the credentials are rejected or lack a permission, or the API stays unreachable."""
     target = choose_target(settings)
     if target is None:
@@ -75,27 +72,18 @@ def maybe_api_source(settings: Settings) -> PodSource | None:
     mode = "in-cluster config" if target.in_cluster else "kubeconfig"
     _logger.info("pod inventory: Kubernetes API, %s (%s), node %s", mode, target.description, settings.node_name)
     try:
-        from .kube import open_source
+        from .kube import KubePodSource, open_source
     except ImportError as exc:
         raise ConfigError(
             f"{target.description}: the Kubernetes API needs the Python package 'kubernetes' ({exc}); "
             "expected it installed with otel-podnet"
         ) from exc
-    return open_source(target, settings.node_name)
-
-
-def maybe_peer_directory(settings: Settings, wait: float = 10.0) -> KubePeerDirectory | None:
-    """The cluster's pods and Services for peer metrics (otel_podnet.kube.KubePeerDirectory,
-    a PeerDirectory), started, when the Kubernetes API is where pods come from (the same
-    choice as :func:`maybe_api_source`); None otherwise. Waits up to ``wait`` seconds for
-    the first lists and never fails for the API (peers are named once it answers); raises
-    ConfigError only for a config that cannot be loaded. Call ``stop()`` at the end."""
-    if settings.pods_file is not None:
-        return None
-    target = choose_target(settings)
-    if target is None:
-        return None
-    from .kube import open_peer_directory
-
-    _logger.info("peers: the cluster's pods and Services from the Kubernetes API (%s)", target.description)
-    return open_peer_directory(target, wait=wait)
+    source = open_source(target, settings.node_name)
+    # peer metrics on (issue 12): the cluster's pods and Services too
+    if getattr(settings, "max_peers", 0) > 0 and isinstance(source, KubePodSource):
+        try:
+            source.start_peer_directory()
+        except BaseException:
+            source.close()
+            raise
+    return source

@@ -5,8 +5,9 @@ watches that feed them live in otel_podnet.kube (the only module that imports
 ``kubernetes``). Only what a peer lookup needs is kept, never the objects:
 
 - a pod: its UID, IPs, workload (namespace, name, kind) and whether it is being deleted.
-  Pods without an IP, on the host network (their IP is the node's) or finished (Succeeded,
-  Failed: their IP may already be another pod's) are not kept. The workload is derived
+  Pods without an IP or finished (Succeeded, Failed: their IP may already be another
+  pod's) are not kept; a pod on the host network is no pod peer (its IP is its node's):
+  its IPs are kept as node addresses (:meth:`PeerTables.node_ips`). The workload is derived
   from the pod alone, with no request per owner: a ReplicaSet named ``<name>-<hash>``
   whose pod carries ``pod-template-hash=<hash>`` is Deployment ``<name>`` (the Deployment
   controller's naming); a Job named ``<name>-<minutes>`` (a scheduled time in minutes
@@ -101,16 +102,17 @@ class PodPeer(NamedTuple):
     ips: tuple[str, ...]
     workload: PeerWorkload
     terminating: bool
+    host_network: bool = False  # its IPs are its node's: kept as node addresses, never a pod's
 
 
 def pod_peer(obj: Mapping[str, Any]) -> PodPeer | None:
     """What a peer lookup needs of a pod object, or None when it is not kept (no UID, no
-    IP, host network, finished)."""
+    IP, finished)."""
     meta, spec, status = _map(obj.get("metadata")), _map(obj.get("spec")), _map(obj.get("status"))
     uid, namespace, name = _str(meta.get("uid")), _str(meta.get("namespace")), _str(meta.get("name"))
     if not uid or not namespace or not name:
         return None
-    if spec.get("hostNetwork") is True or status.get("phase") in ("Succeeded", "Failed"):
+    if status.get("phase") in ("Succeeded", "Failed"):
         return None
     raw = [_map(e).get("ip") for e in status.get("podIPs") or () if isinstance(e, Mapping)]
     if not raw:
@@ -124,7 +126,8 @@ def pod_peer(obj: Mapping[str, Any]) -> PodPeer | None:
         return None
     labels = _map(meta.get("labels"))
     workload = peer_workload(sys.intern(namespace), name, controller_of(obj), labels)
-    return PodPeer(sys.intern(uid), tuple(ips), workload, bool(meta.get("deletionTimestamp")))
+    host = spec.get("hostNetwork") is True
+    return PodPeer(sys.intern(uid), tuple(ips), workload, bool(meta.get("deletionTimestamp")), host)
 
 
 def uid_of(obj: Mapping[str, Any]) -> str:
@@ -138,6 +141,8 @@ class PodIndex:
         self.pods: dict[str, PodPeer] = {}
         self.by_ip: dict[str, str] = {}
         self.claims: dict[str, list[str]] = {}  # only IPs more than one pod claims, oldest claim first
+        self.host_pods: dict[str, tuple[str, ...]] = {}  # host-network pods: UID -> IPs (their nodes')
+        self.node_ips: dict[str, int] = {}  # IP -> how many host-network pods have it
         self._workloads: dict[PeerWorkload, PeerWorkload] = {}
 
     def __len__(self) -> int:
@@ -155,6 +160,8 @@ class PodIndex:
         return self.upsert(peer)
 
     def upsert(self, peer: PodPeer) -> bool:
+        if peer.host_network:
+            return self._host_pod(peer.uid, peer.ips)
         old = self.pods.get(peer.uid)
         if old == peer:
             return False  # a status change that does not touch what we keep
@@ -170,7 +177,25 @@ class PodIndex:
             self._claim(peer.uid, ip)
         return True
 
+    def _host_pod(self, uid: str, ips: tuple[str, ...]) -> bool:
+        """A host-network pod with ``ips`` (none: gone); True when the node addresses changed."""
+        old = self.host_pods.pop(uid, ())
+        if ips:
+            self.host_pods[uid] = ips
+        if old == ips:
+            return False
+        for ip in old:
+            if self.node_ips[ip] == 1:
+                del self.node_ips[ip]
+            else:
+                self.node_ips[ip] -= 1
+        for ip in ips:
+            self.node_ips[ip] = self.node_ips.get(ip, 0) + 1
+        return True
+
     def remove(self, uid: str) -> bool:
+        if uid in self.host_pods:
+            return self._host_pod(uid, ())
         peer = self.pods.pop(uid, None)
         if peer is None:
             return False
@@ -345,6 +370,7 @@ class PeerTables:
         self._slices = SliceIndex()
         self._generation = 0
         self._refs: dict[ServiceKey, tuple[int, ServiceRef]] = {}
+        self._node_ips: tuple[int, frozenset[str]] | None = None
 
     @staticmethod
     def fresh(kind: str) -> PodIndex | ServiceIndex | SliceIndex:
@@ -402,6 +428,15 @@ class PeerTables:
             if canonical is not None and canonical != ip:
                 return self.pod_by_ip(canonical)
         return found
+
+    def node_ips(self) -> frozenset[str]:
+        """The addresses of host-network pods: their nodes' own (kube-proxy, CNI agents and
+        the like run on every node), so the node peers of the whole cluster."""
+        with self._lock:
+            cached = self._node_ips
+            if cached is None or cached[0] != self._generation:
+                cached = self._node_ips = (self._generation, frozenset(self._pods.node_ips))
+            return cached[1]
 
     def service_by_ip(self, ip: str) -> ServiceRef | None:
         with self._lock:

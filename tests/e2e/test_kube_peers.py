@@ -269,6 +269,7 @@ def test_pods_and_services_exact(kube_apiserver: ApiServer, ns: str) -> None:
         # "kubernetes" in default: a ClusterIP without endpoints here
         kubernetes = cluster_ip(api.call("GET", "/api/v1/namespaces/default/services/kubernetes"))
         assert d.service_by_ip(kubernetes) == ServiceRef("default", "kubernetes", ())
+        assert "10.250.9.9" in d.node_ips()  # the host-network pod's: its node's address
         sizes = d.tables.sizes()
         assert sizes["services"] >= 4 and sizes["endpointslices"] >= 3
 
@@ -450,3 +451,22 @@ def test_without_services_rbac_pods_still_resolve(
         assert all("HTTP 403" in line for line in lines)
     finally:
         _drop_role(api, ns)
+
+
+def test_the_api_pod_source_starts_and_stops_its_directory(kube_apiserver: ApiServer, ns: str) -> None:
+    """The wiring the agent uses: the node's pod source (otel_podnet.kube.open_source) starts
+    the directory with its own configuration, hands it out as ``peer_directory()`` (what
+    the agent's Core asks its source for) and stops it when closed."""
+    from otel_podnet.kube import open_source
+
+    api = kube_apiserver
+    pod(api, ns, "far", ["10.253.0.1"], node="node-b", owner=ref_stub("apps/v1", "StatefulSet", "far"))
+    source = open_source(ApiTarget(False, api.admin_kubeconfig, "admin kubeconfig"), "node-a")
+    try:
+        assert source.peer_directory() is None
+        d = source.start_peer_directory(wait=60)
+        assert source.peer_directory() is d and source.start_peer_directory() is d
+        assert d.pod_by_ip("10.253.0.1") == W(ns, "far", "statefulset")  # a pod of another node
+    finally:
+        source.close()
+    assert not any(f.thread.is_alive() for f in d.feeds)

@@ -130,8 +130,22 @@ def test_what_is_kept_of_a_pod(items: list[Obj]) -> None:
     assert solo is not None
     assert solo.ips == ("10.250.1.3", "2001:db8:250::3") and solo.workload == W("solo", "pod")
     assert solo.uid == item(items, "Pod", "solo")["metadata"]["uid"] and solo.terminating is False
-    for name in ("hostnet", "pending", "done"):
+    for name in ("pending", "done"):
         assert pod_peer(item(items, "Pod", name)) is None, name
+    hostnet = pod_peer(item(items, "Pod", "hostnet"))
+    assert hostnet is not None and hostnet.host_network is True and hostnet.ips == ("10.250.9.9",)
+
+
+def test_host_network_pods_are_node_addresses(items: list[Obj]) -> None:
+    t = loaded(items)
+    assert t.node_ips() == frozenset({"10.250.9.9"}) and t.pod_by_ip("10.250.9.9") is None
+    second = item(items, "Pod", "hostnet")
+    second["metadata"]["uid"] = "another-uid"  # another host-network pod on the same node
+    t.apply("pods", "ADDED", second)
+    t.apply("pods", "DELETED", item(items, "Pod", "hostnet"))
+    assert t.node_ips() == frozenset({"10.250.9.9"})  # the node still has one
+    t.apply("pods", "DELETED", second)
+    assert t.node_ips() == frozenset()
 
 
 # -- workloads from the pod alone -----------------------------------------------------------
@@ -330,30 +344,11 @@ def test_feed_events_move_the_resource_version(items: list[Obj]) -> None:
 # -- construction ---------------------------------------------------------------------------
 
 
-def test_maybe_peer_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """None with a pods file or in host mode; with a kubeconfig, a started directory that
-    neither fails nor blocks past ``wait`` while its API is unreachable."""
-    from otel_podnet import kube_source
-    from otel_podnet.settings import Settings
+def test_open_peer_directory_with_the_api_unreachable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A started directory that neither fails nor blocks past ``wait`` while its API is
+    unreachable, and stops."""
+    from otel_podnet.kube_source import ApiTarget
 
-    def settings(pods_file: Path | None, kubeconfig: Path | None) -> Settings:
-        return Settings(
-            node_name="n1",
-            pods_file=pods_file,
-            kubeconfig=kubeconfig,
-            cgroup_root=None,
-            interval=10.0,
-            exporters=(),
-            prometheus_address=("0.0.0.0", 9464),
-            health_address=None,
-            log_level="info",
-            log_format="text",
-        )
-
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         json.dumps(
@@ -369,12 +364,10 @@ def test_maybe_peer_directory(
             }
         )
     )
-    assert kube_source.maybe_peer_directory(settings(tmp_path / "pods.yaml", kubeconfig)) is None
-    assert kube_source.maybe_peer_directory(settings(None, None)) is None
-    d = kube_source.maybe_peer_directory(settings(None, kubeconfig), wait=0.5)
-    assert d is not None
+    d = kube.open_peer_directory(ApiTarget(False, kubeconfig, f"kubeconfig {kubeconfig}"), wait=0.5)
     try:
         assert d.pod_by_ip("10.0.0.1") is None and d.service_by_ip("10.96.0.1") is None
+        assert d.node_ips() == frozenset()
         assert all(f.thread.is_alive() for f in d.feeds)
     finally:
         d.stop()
