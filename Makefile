@@ -4,10 +4,10 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 openssl ca-certificates \
-	prometheus tmux qemu-system-x86 kmod busybox-static file
+	prometheus tmux qemu-system-x86 kmod busybox-static file iptables
 PYTEST_ARGS ?=
 
-.PHONY: setup apt stop-packaged-prometheus pip bpf demo test test-kernels unit kernel e2e e2e-tools lint bench clean
+.PHONY: setup apt stop-packaged-prometheus pip bpf demo test test-kernels unit kernel e2e e2e-tools cluster-tools images lint bench clean
 
 setup: apt pip bpf
 
@@ -55,10 +55,22 @@ e2e:
 # The e2e tools (otelcol, kube-apiserver, etcd, helm) are built from pinned Go modules and
 # cached; the first build takes minutes, so it starts in the background while the lint,
 # unit and kernel tests run (the e2e fixtures wait for it through the scripts' locks).
-e2e-tools:
+e2e-tools: cluster-tools
 	@mkdir -p build
 	@nohup bash tests/e2e/infra/build-otelcol.sh > build/otelcol-build.log 2>&1 &
 	@nohup bash tests/e2e/infra/build-kube.sh > build/kube-build.log 2>&1 &
+	@nohup bash deploy/image/build.sh > build/images-build.log 2>&1 &
+
+# What building and running the container images needs (deploy/image/build.sh, the image
+# tests in tests/e2e/test_image.py): buildah (chroot isolation, overlay storage, as root),
+# mmdebstrap for the Debian base, runc to start the images as containerd would.
+CLUSTER_APT_PACKAGES := buildah mmdebstrap runc uidmap
+cluster-tools:
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(CLUSTER_APT_PACKAGES)"
+
+# The agent, pause and workload images as docker-archives (cached; paths on stdout).
+images: cluster-tools
+	bash deploy/image/build.sh
 
 # The kernel matrix: tests/kernel (the demo among them) and `otel-podnet check` inside
 # Debian's Linux 6.1 (with libbpf 1.1) and 6.12 (with libbpf 1.4) under QEMU, fetched into

@@ -37,6 +37,15 @@
  *   address of the socket's own namespace, which the kernel also routes over lo) are
  *   skipped by their ifindex before anything else; the tracepoints skip sockets whose
  *   route leaves through lo, so such connections are never opened, closed or failed.
+ * - Peers (issue 12): bytes, connections opened and failed per (slot, remote address) in
+ *   rows of podnet_peer_stats, resolved with the slot and cached in the socket's storage
+ *   for connected TCP sockets (one array access per packet, as for the slot); listeners
+ *   and UDP look their row up per packet. A row is taken from a queue the agent fills, so
+ *   the table is bounded; with none free the slot's overflow row counts the traffic, which
+ *   the agent reports as kind=other: summed over peers, every figure equals the slot's.
+ *   The remote address is the socket's: inside the pod's namespace a connection to a
+ *   Service has the ClusterIP (kube-proxy translates it in the node's namespace), which the
+ *   agent maps to the Service's backends. podnet_peer_rows = 0 turns all of it off.
  */
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -474,6 +483,165 @@ static __always_inline void count_wire(struct podnet_counters *c, struct __sk_bu
 	__sync_fetch_and_add(&c->packets[io][pi->transport], segs);
 }
 
+/* ---- peers (issue 12): bytes and connections by (slot, remote address) ----------------- */
+
+/*
+ * Rows of podnet_peer_stats: the slots' overflow rows plus the allocatable ones (podnet.h).
+ * 0 turns peers off (--max-peers 0): every peer function below returns at once, and the
+ * verifier drops that code as dead, so the packet path is what it was without peers.
+ */
+const volatile __u32 podnet_peer_rows = PODNET_MAX_SLOTS + PODNET_PEER_ROWS;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PODNET_MAX_SLOTS + PODNET_PEER_ROWS);
+	__type(key, __u32);
+	__type(value, struct podnet_peer_counters);
+} podnet_peer_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PODNET_PEER_ROWS);
+	__type(key, struct podnet_peer_key);
+	__type(value, struct podnet_peer_val);
+} podnet_peer_idx SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, PODNET_PEER_ROWS);
+	__type(value, __u32);
+} podnet_peer_free SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PODNET_MAX_SLOTS + PODNET_PEER_ROWS);
+	__type(key, __u32);
+	__type(value, struct podnet_peer_owner);
+} podnet_peer_owner SEC(".maps");
+
+/*
+ * The row of (slot, remote): found in podnet_peer_idx, else a free row taken for it, else
+ * (no free row, the index full) the slot's overflow row, which keeps the pod's totals
+ * exact. The owner record is written before the row is published in the index.
+ */
+static __always_inline __u32 peer_row(__u32 slot, const struct podnet_ip_key *remote)
+{
+	struct podnet_peer_key key = { .slot = slot };
+	struct podnet_peer_val fresh = {}, *v;
+	struct podnet_peer_owner *own;
+	__u32 row;
+
+	__builtin_memcpy(key.addr, remote->addr, sizeof(key.addr));
+	v = bpf_map_lookup_elem(&podnet_peer_idx, &key);
+	if (v)
+		return v->row;
+	if (bpf_map_pop_elem(&podnet_peer_free, &row))
+		goto full;
+	own = bpf_map_lookup_elem(&podnet_peer_owner, &row);
+	if (!own || row < podnet_max_slots)
+		goto full;	/* not a row the agent hands out: never happens */
+	own->slot = slot;
+	__builtin_memcpy(own->addr, remote->addr, sizeof(own->addr));
+	own->used = 1;
+	fresh.row = row;
+	if (bpf_map_update_elem(&podnet_peer_idx, &key, &fresh, BPF_NOEXIST) == 0)
+		return row;
+	/* Another CPU inserted it first, or the index is full. */
+	own->used = 0;
+	bpf_map_push_elem(&podnet_peer_free, &row, 0);
+	v = bpf_map_lookup_elem(&podnet_peer_idx, &key);
+	if (v)
+		return v->row;
+full:
+	health_inc(PODNET_H_PEERS_FULL);
+	return slot;
+}
+
+/*
+ * Resolved with the slot: a connected TCP socket has one remote for its life, so its row is
+ * cached in the socket's storage and its packets need no lookup. A listener (its SYNs and
+ * SYN-ACKs come from many remotes) and UDP sockets (unconnected ones send anywhere) are
+ * looked up per packet: PODNET_PEER_NONE.
+ */
+static __always_inline void peer_resolve(struct podnet_sock *st, __u32 slot, bool cache,
+					 const struct podnet_ip_key *remote)
+{
+	if (!podnet_peer_rows)
+		return;
+	st->peer_row = (cache && remote) ? peer_row(slot, remote) : PODNET_PEER_NONE;
+}
+
+static __always_inline void peer_add_bytes(__u32 row, __u64 bytes, const int io)
+{
+	struct podnet_peer_counters *p = bpf_map_lookup_elem(&podnet_peer_stats, &row);
+
+	if (p)
+		__sync_fetch_and_add(&p->bytes[io], bytes);
+}
+
+/* A packet's IP bytes as count_wire counts them, to the packet's row. */
+static __always_inline void peer_count_skb(__u32 slot, __u32 row, struct __sk_buff *skb,
+					   const struct pkt_info *pi, const int io)
+{
+	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
+
+	if (!podnet_peer_rows || slot >= podnet_max_slots)
+		return;
+	if (row == PODNET_PEER_NONE) {
+		struct podnet_ip_key remote;
+
+		/* the remote address is the one that is not local: skb_local_ip the other way */
+		row = skb_local_ip(skb, io == PODNET_TX ? PODNET_RX : PODNET_TX, &remote) ?
+			      peer_row(slot, &remote) : slot;
+	}
+	peer_add_bytes(row, skb->len + (segs - 1) * pi->hdr_len, io);
+}
+
+static __always_inline void sk_remote_ip(const struct sock *sk, struct podnet_ip_key *key)
+{
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET)
+		ip_key_v4(key, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	else
+		BPF_CORE_READ_INTO(key->addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+}
+
+/* The row of a full TCP socket's connection events (opened, failed): cached, else found. */
+static __always_inline struct podnet_peer_counters *peer_of_sk(const struct sock *sk,
+							       struct podnet_sock *st)
+{
+	__u32 row = st->peer_row;
+
+	if (row == PODNET_PEER_NONE) {
+		struct podnet_ip_key remote;
+
+		sk_remote_ip(sk, &remote);
+		row = peer_row(st->slot, &remote);
+	}
+	return bpf_map_lookup_elem(&podnet_peer_stats, &row);
+}
+
+static __always_inline void peer_opened(const struct sock *sk, struct podnet_sock *st, bool in)
+{
+	struct podnet_peer_counters *p;
+
+	if (!podnet_peer_rows)
+		return;
+	p = peer_of_sk(sk, st);
+	if (p)
+		__sync_fetch_and_add(&p->opened[in ? PODNET_INBOUND : PODNET_OUTBOUND], 1);
+}
+
+static __always_inline void peer_failed(const struct sock *sk, struct podnet_sock *st, __u32 reason)
+{
+	struct podnet_peer_counters *p;
+
+	if (!podnet_peer_rows)
+		return;
+	p = peer_of_sk(sk, st);
+	if (p && reason < PODNET_NFAILS)
+		__sync_fetch_and_add(&p->failed[reason], 1);
+}
+
 static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 {
 	struct bpf_sock *sk = skb->sk;
@@ -494,9 +662,11 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		__u32 kind;
 
 		health_inc(PODNET_H_NO_STORAGE);
-		c = slot_counters(cgroup_slot(bpf_skb_cgroup_id(skb), &kind));
+		slot = cgroup_slot(bpf_skb_cgroup_id(skb), &kind);
+		c = slot_counters(slot);
 		if (c)
 			count_wire(c, skb, &pi, io);
+		peer_count_skb(slot, slot, skb, &pi, io);	/* peers: the overflow row */
 		return SK_PASS;
 	}
 
@@ -508,6 +678,13 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 
 		slot = resolve(st, bpf_skb_cgroup_id(skb),
 			       skb_local_ip(skb, io, &local) ? &local : NULL);
+		if (podnet_peer_rows) {	/* peers (issue 12) */
+			struct podnet_ip_key remote;
+			bool ok = skb_local_ip(skb, io == PODNET_TX ? PODNET_RX : PODNET_TX, &remote);
+
+			peer_resolve(st, slot, pi.transport == PODNET_TCP && state != BPF_TCP_LISTEN,
+				     ok ? &remote : NULL);
+		}
 		/*
 		 * The kernel answers for sockets it has not got (a RST for a closed port) from a
 		 * raw TCP control socket shared by every namespace: marked once here, its packets
@@ -543,15 +720,18 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 
 		if (skb_local_ip(skb, io, &local))
 			ip = bpf_map_lookup_elem(&podnet_pod_ips, &local);
-		c = slot_counters(ip ? ip->slot : PODNET_SLOT_NODE);
+		slot = ip ? ip->slot : PODNET_SLOT_NODE;
+		c = slot_counters(slot);
 		if (c)
 			count_wire(c, skb, &pi, io);
+		peer_count_skb(slot, PODNET_PEER_NONE, skb, &pi, io);	/* peers: per packet */
 		return SK_PASS;	/* no connection, no payload: the storage is shared */
 	}
 	c = slot_counters(slot);
 	if (!c)
 		return SK_PASS;
 	count_wire(c, skb, &pi, io);
+	peer_count_skb(slot, st->peer_row, skb, &pi, io);	/* peers (issue 12) */
 	if (pi.transport != PODNET_TCP || !pi.l4_ok)
 		return SK_PASS;
 	if (io == PODNET_TX) {
@@ -659,6 +839,13 @@ static __always_inline struct podnet_sock *sk_state(const struct sock *sk)
 
 		sk_local_ip(sk, &local);
 		resolve(st, podnet_sk_cgroup_id(sk), &local);
+		if (podnet_peer_rows) {	/* peers (issue 12) */
+			struct podnet_ip_key remote;
+
+			sk_remote_ip(sk, &remote);
+			peer_resolve(st, st->slot,
+				     BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN, &remote);
+		}
 		__sync_fetch_and_or(&st->flags, PODNET_SK_RESOLVED);
 	}
 	return st;
@@ -774,8 +961,10 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 			st->open_slot = st->slot;	/* before the flag that makes it valid */
 		old = __sync_fetch_and_or(&st->flags, PODNET_SK_ESTABLISHED |
 					  (in ? PODNET_SK_INBOUND : 0));
-		if (!(old & PODNET_SK_ESTABLISHED))
+		if (!(old & PODNET_SK_ESTABLISHED)) {
 			__sync_fetch_and_add(&c->opened[in ? PODNET_INBOUND : PODNET_OUTBOUND], 1);
+			peer_opened(sk, st, in);	/* peers (issue 12) */
+		}
 	} else if (oldstate == TCP_ESTABLISHED) {
 		/*
 		 * Only connections we counted as active end here, and in the slot that counted
@@ -791,7 +980,10 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 		}
 	} else if (oldstate == TCP_SYN_SENT) {
 		/* SYN_SENT -> CLOSE: the kernel sets sk_err before it closes the socket. */
-		__sync_fetch_and_add(&c->failed[fail_reason(BPF_CORE_READ(sk, sk_err))], 1);
+		__u32 reason = fail_reason(BPF_CORE_READ(sk, sk_err));
+
+		__sync_fetch_and_add(&c->failed[reason], 1);
+		peer_failed(sk, st, reason);	/* peers (issue 12) */
 	}
 	return 0;
 }

@@ -116,6 +116,10 @@ struct podnet_sock {
 	/* latency (issue 11) */
 	__u64 syn_ns;		/* outbound: when its first SYN left (skb->tstamp) */
 	__u64 rtt_next_ns;	/* the next periodic RTT sample is due (skb->tstamp clock) */
+	/* peers (issue 12): the row of podnet_peer_stats this socket's traffic goes to,
+	 * resolved with slot/gen; PODNET_PEER_NONE: looked up per packet (see podnet.bpf.c) */
+	__u32 peer_row;
+	__u32 peer_pad;
 };
 
 /* Agent health counters (podnet_health, per-CPU array). */
@@ -124,7 +128,8 @@ enum podnet_health {
 	PODNET_H_CGROUPS_FULL = 1,	/* podnet_cgroups was full */
 	PODNET_H_NO_STORAGE = 2,	/* socket storage could not be allocated */
 	PODNET_H_SLOTS_ALLOCATED = 3,	/* slots the kernel took from the free queue */
-	PODNET_NHEALTH = 4,
+	PODNET_H_PEERS_FULL = 4,	/* no free peer row: counted in the slot's overflow row */
+	PODNET_NHEALTH = 5,
 };
 
 /* Settings, written by the agent into .rodata before load. */
@@ -132,6 +137,42 @@ struct podnet_config {
 	__u16 ephemeral_lo;	/* ip_local_port_range, to tell the direction of adopted */
 	__u16 ephemeral_hi;	/* connections (established before the agent) */
 	__u32 pad;
+};
+
+/*
+ * Peers (issue 12): bytes and connections per (slot, remote address). Rows of
+ * podnet_peer_stats (per-CPU): rows [0, podnet_max_slots) are each slot's overflow row
+ * (traffic that found no free row: summed as kind=other by the agent, so totals stay
+ * exact); rows from podnet_max_slots on are taken from the podnet_peer_free queue, one per
+ * (slot, remote address) in podnet_peer_idx, and described in podnet_peer_owner. The
+ * agent frees idle rows and the rows of retired slots.
+ */
+#define PODNET_PEER_ROWS	8192		/* allocatable rows compiled in; resized at load */
+#define PODNET_PEER_NONE	0xffffffffU	/* podnet_sock.peer_row: not cached */
+
+struct podnet_peer_counters {
+	__u64 bytes[PODNET_NIO];	/* IP bytes as podnet_counters.bytes counts them, TCP+UDP */
+	__u64 opened[PODNET_NDIRS];	/* reached ESTABLISHED */
+	__u64 failed[PODNET_NFAILS];	/* outbound attempts that never established */
+};
+
+/* Key of podnet_peer_idx: a slot and a remote address (podnet_ip_key form). */
+struct podnet_peer_key {
+	__u32 slot;
+	__u32 pad;
+	__u8 addr[16];
+};
+
+struct podnet_peer_val {
+	__u32 row;
+	__u32 pad;
+};
+
+/* Value of podnet_peer_owner (indexed by row): what a taken row counts. */
+struct podnet_peer_owner {
+	__u32 slot;
+	__u32 used;	/* 1 while the row is taken */
+	__u8 addr[16];
 };
 
 #endif /* __PODNET_H */

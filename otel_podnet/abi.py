@@ -19,7 +19,8 @@ H_SLOTS_EXHAUSTED = 0
 H_CGROUPS_FULL = 1
 H_NO_STORAGE = 2
 H_SLOTS_ALLOCATED = 3
-NHEALTH = 4
+H_PEERS_FULL = 4  # peers (issue 12): no free peer row, counted in the slot's overflow row
+NHEALTH = 5
 
 # Field order of struct podnet_counters, flattened: names used by samples.Counters.
 COUNTER_FIELDS: tuple[str, ...] = (
@@ -62,6 +63,29 @@ class PodnetConfig(ctypes.Structure):
     _fields_ = [("ephemeral_lo", ctypes.c_uint16), ("ephemeral_hi", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
 
 
+# Peers (issue 12): struct podnet_peer_counters and friends (podnet.h).
+PEER_ROWS = 8192
+PEER_NONE = 0xFFFFFFFF
+PEER_FIELDS: tuple[str, ...] = (
+    "bytes_tx", "bytes_rx",
+    "opened_out", "opened_in",
+    "failed_refused", "failed_timeout", "failed_unreachable", "failed_reset", "failed_other",
+)  # fmt: skip
+PodnetPeerCounters = ctypes.c_uint64 * len(PEER_FIELDS)
+
+
+class PodnetPeerKey(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+
+
+class PodnetPeerVal(ctypes.Structure):
+    _fields_ = [("row", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class PodnetPeerOwner(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_uint32), ("used", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+
+
 # Every map the agent reads or writes, with the ctypes key and value it uses for it: compared
 # with the object's own sizes at open (datapath.check_abi), so that a podnet.h changed without
 # this file refuses to run instead of reading garbage. None: a side the agent never touches
@@ -74,6 +98,10 @@ MAPS: dict[str, tuple[type[Any] | None, type[Any] | None]] = {
     "podnet_pod_ips": (PodnetIpKey, PodnetIpVal),
     "podnet_socks": (ctypes.c_int, None),
     "podnet_health": (ctypes.c_uint32, ctypes.c_uint64),
+    "podnet_peer_stats": (ctypes.c_uint32, PodnetPeerCounters),
+    "podnet_peer_idx": (PodnetPeerKey, PodnetPeerVal),
+    "podnet_peer_free": (None, ctypes.c_uint32),
+    "podnet_peer_owner": (ctypes.c_uint32, PodnetPeerOwner),
 }
 
 # Global variables the agent writes, by data section: their BTF sizes are checked too.
@@ -83,5 +111,6 @@ VARS: dict[str, dict[str, type[Any]]] = {
         "podnet_cfg": PodnetConfig,
         "podnet_max_slots": ctypes.c_uint32,
         "podnet_rtt_interval_ns": ctypes.c_uint64,
+        "podnet_peer_rows": ctypes.c_uint32,
     },
 }

@@ -21,7 +21,7 @@ once they have closed: reused earlier, their closes would land on another owner.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from logging import getLogger
 from typing import Protocol
@@ -96,6 +96,8 @@ class Attributor:
         self._remapped = False
         self.exhausted = {"cgroup": 0, "ip": 0}  # pods that found no free slot, by slot kind
         self.full = {"cgroups": 0, "pod_ips": 0}  # entries the agent could not insert
+        # peers (issue 12): told of every slot carried into its owner's totals
+        self.on_retire: Callable[[int, str], None] | None = None
         self._log = RateLimited(_logger, 60.0)
 
     # -- start ------------------------------------------------------------------------------
@@ -327,6 +329,8 @@ class Attributor:
                 continue
             self._carried[r.owner] = self._carried.get(r.owner, Counters()) + last
             self._maps.zero_slot(r.slot)
+            if self.on_retire is not None:
+                self.on_retire(r.slot, r.owner)
             self._slot_owner.pop(r.slot, None)
             # Straight to a pod waiting for one: through the queue, the kernel could hand
             # it to any new cgroup first.
@@ -359,6 +363,11 @@ class Attributor:
                 self._carried.pop(uid, None)
         return samples
 
+    @property
+    def slot_owners(self) -> Mapping[int, str]:
+        """Slot -> owner (a pod UID, or NODE) of every slot in use but the node's own."""
+        return self._slot_owner
+
     def health(self, pods: int) -> Health:
         h = self._maps.health()
         return Health(
@@ -376,4 +385,5 @@ class Attributor:
             pods_exhausted_ip=self.exhausted["ip"],
             cgroups_refused=self.full["cgroups"],
             pod_ips_refused=self.full["pod_ips"],
+            peers_full=h[abi.H_PEERS_FULL] if len(h) > abi.H_PEERS_FULL else 0,
         )

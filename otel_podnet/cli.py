@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from . import log as podnet_log
+from .caps import raise_permitted
 from .settings import ConfigError, Settings, build
 
 _logger = getLogger(__name__)
@@ -51,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-pods",
         help="the most pods this node runs: sizes the kernel's tables [PODNET_MAX_PODS] (default 110)",
+    )
+    run.add_argument(
+        "--max-peers",
+        help="peer series per pod and metric, the busiest by bytes; the rest as kind=other; 0: off "
+        "[PODNET_MAX_PEERS] (default 20)",
+    )
+    run.add_argument(
+        "--peer-cidr",
+        action="append",
+        metavar="NAME=CIDR",
+        help="external addresses in CIDR are the peer workload NAME; repeatable [PODNET_PEER_CIDRS, comma list]",
     )
     for sp in (run,):
         sp.add_argument("--log-level", default="info", help="debug, info, warning, error (default info)")
@@ -93,6 +105,8 @@ def _settings(a: argparse.Namespace) -> Settings:
         log_level=a.log_level,
         log_format=a.log_format,
         max_pods=a.max_pods,
+        max_peers=a.max_peers,
+        peer_cidrs=a.peer_cidr,
     )
 
 
@@ -140,6 +154,11 @@ def _top(a: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    try:
+        # The image's interpreter holds its capabilities permitted, not effective (caps.py).
+        raise_permitted()
+    except OSError as exc:
+        _logger.debug("capabilities not raised: %s", exc)
     if a.command == "version":
         return _version()
     if a.command == "check":

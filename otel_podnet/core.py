@@ -4,7 +4,7 @@ into one :class:`Snapshot` per collection."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from logging import getLogger
 from pathlib import Path
@@ -15,7 +15,9 @@ from .cgroups import CgroupIndex
 from .datapath import Datapath, DatapathConfig, default_object_path
 from .inventory import PodInfo, PodSource
 from .log import RateLimited
-from .samples import Health, Snapshot
+from .peerinfo import PeerDirectory
+from .peers import NODE, Network, PeerFolder, PeerResolver, PeerTable, local_addresses
+from .samples import Health, PodSample, Snapshot
 
 _logger = getLogger(__name__)
 
@@ -37,6 +39,9 @@ class Core:
         proc: Path = Path("/proc"),
         capacity: Capacity | None = None,
         interval: float = 10.0,
+        max_peers: int = 20,
+        peer_cidrs: Sequence[tuple[str, Network]] = (),
+        node_ips: Iterable[str] | None = None,
     ) -> None:
         self.cgroup_root = cgroup_root
         self.source = source
@@ -48,10 +53,19 @@ class Core:
                 ephemeral_port_range(proc),
                 capacity,
                 rtt_interval=interval,
+                peers=max_peers > 0,
             )
         )
         self.index = CgroupIndex(cgroup_root)
         self.attributor = Attributor(self.datapath, self.index, capacity=capacity)
+        # peers (issue 12): None with --max-peers 0
+        self.peer_table: PeerTable | None = None
+        self.peer_folder = PeerFolder(max_peers)
+        self._peer_cidrs = tuple(peer_cidrs)
+        self._node_ips = frozenset(local_addresses(proc) if node_ips is None else node_ips)
+        if max_peers > 0:
+            self.peer_table = PeerTable(self.datapath, capacity.slots)
+            self.attributor.on_retire = self.peer_table.slot_retired
         self._started = False
         # The pods of the last snapshot, with the last known record of those that have
         # left the inventory but are still reported (their final figures): their Resource
@@ -68,6 +82,8 @@ class Core:
         self.source.refresh()
         self.datapath.open_and_load()
         try:
+            if self.peer_table is not None:
+                self.peer_table.start()
             self.attributor.start()
             self.attributor.sync(self.source.pods())
             self.datapath.attach()
@@ -102,6 +118,8 @@ class Core:
         pods = self.source.pods()
         self.attributor.sync(pods)
         samples = self.attributor.snapshot(pods)
+        if self.peer_table is not None:
+            samples = self._with_peers(samples, self.peer_table)
         self._last_known.update(pods)
         view = dict(pods)
         for s in samples:
@@ -117,8 +135,45 @@ class Core:
         health = replace(
             health, collection_seconds=time.perf_counter() - t0, collection_failures=self.collection_failures
         )
+        if self.peer_table is not None:
+            health = replace(
+                health,
+                peer_rows_tracked=self.peer_table.in_use,
+                peer_rows_capacity=self.datapath.capacity.peer_rows,
+            )
         self._log_kernel_limits(health)
         return Snapshot(tuple(samples), health)
+
+    def peer_resolver(self) -> PeerResolver:
+        """Names for remote addresses from the pod source's directory as it is now (a source
+        without one names nodes and external addresses only)."""
+        get = getattr(self.source, "peer_directory", None)
+        directory: PeerDirectory | None = get() if get is not None else None
+        node_ips = set(self._node_ips)
+        more = getattr(directory, "node_ips", None)
+        if more is not None:
+            node_ips.update(more())
+        return PeerResolver(directory, node_ips, self._peer_cidrs)
+
+    def _with_peers(self, samples: list[PodSample], table: PeerTable) -> list[PodSample]:
+        """Each owner's peer series (see otel_podnet.peers), the interval's growth folded
+        into at most --max-peers series and other."""
+        deltas, freed = table.read(self.attributor.slot_owners, self.peer_resolver())
+        if freed:
+            self.datapath.bump_generation()  # sockets of freed rows find new ones
+        out = []
+        seen = set()
+        for s in samples:
+            owner = NODE if s.uid is None else s.uid
+            seen.add(owner)
+            series = self.peer_folder.fold(owner, deltas.get(owner, {}))
+            out.append(replace(s, peers=tuple((p.attributes(), v) for p, v in sorted(series.items()))))
+            if s.final:
+                self.peer_folder.forget(owner)
+        for owner in self.peer_folder.owners():
+            if owner not in seen:
+                self.peer_folder.forget(owner)
+        return out
 
     def _log_kernel_limits(self, h: Health) -> None:
         """The limits the kernel met, in the log as well as in podnet.agent.events.lost:

@@ -40,6 +40,7 @@ class DatapathConfig:
     ephemeral_ports: tuple[int, int] = (32768, 60999)
     capacity: Capacity = DEFAULT_CAPACITY
     rtt_interval: float = 10.0  # seconds: at most one RTT sample per connection per interval
+    peers: bool = True  # peer rows (issue 12); False (--max-peers 0): no peer work in the kernel
 
 
 class AbiMismatch(LibbpfError):
@@ -120,6 +121,13 @@ class Datapath:
             obj.set_max_entries("podnet_cgroups", cap.cgroups)
             obj.set_max_entries("podnet_pod_ips", cap.pod_ips)
             obj.set_rodata("podnet_rtt_interval_ns", ctypes.c_uint64(int(self.config.rtt_interval * 1e9)))
+            # peers (issue 12): the slots' overflow rows, then the rows the agent hands out
+            peer_rows = cap.peer_rows if self.config.peers else 0
+            obj.set_rodata("podnet_peer_rows", ctypes.c_uint32(cap.slots + peer_rows if peer_rows else 0))
+            obj.set_max_entries("podnet_peer_stats", cap.slots + peer_rows if peer_rows else 1)
+            obj.set_max_entries("podnet_peer_owner", cap.slots + peer_rows if peer_rows else 1)
+            obj.set_max_entries("podnet_peer_idx", max(peer_rows, 1))
+            obj.set_max_entries("podnet_peer_free", max(peer_rows, 1))
             obj.load()
         except BaseException:
             obj.close()
@@ -133,6 +141,10 @@ class Datapath:
         self.cgroups = obj.map("podnet_cgroups")
         self.pod_ips = obj.map("podnet_pod_ips")
         self.health_map = obj.map("podnet_health")
+        self.peer_stats = obj.map("podnet_peer_stats")
+        self.peer_idx = obj.map("podnet_peer_idx")
+        self.peer_free = obj.map("podnet_peer_free")
+        self.peer_owner = obj.map("podnet_peer_owner")
         self.bss = obj.map(".bss")
         self._gen_offset = obj.section_var_offset(".bss", "podnet_gen")[0]
         self._gen = 0
@@ -255,3 +267,60 @@ class Datapath:
         for i in range(abi.NHEALTH):
             out.append(sum(per_cpu) if self.health_map.lookup(ctypes.c_uint32(i), per_cpu) else 0)
         return tuple(out)
+
+    # -- peers (issue 12) -----------------------------------------------------------------------
+
+    @property
+    def peer_rows(self) -> int:
+        """Rows of podnet_peer_stats: the slots' overflow rows and the allocatable ones (0: off)."""
+        return self.capacity.slots + self.capacity.peer_rows if self.config.peers else 0
+
+    def push_free_peer_row(self, row: int) -> None:
+        self.peer_free.push(ctypes.c_uint32(row))
+
+    def read_peer_rows(self) -> tuple[list[tuple[int, int, str] | None], list[tuple[int, ...]]]:
+        """Every peer row: its owner (slot, used, remote address) for the allocatable rows
+        (None for the slots' overflow rows), and its counters summed over every CPU; two
+        batched reads."""
+        rows, n = self.peer_rows, self._ncpus
+        owners = (abi.PodnetPeerOwner * rows)()
+        self.peer_owner.read_array(owners, rows, ctypes.sizeof(abi.PodnetPeerOwner))
+        words = len(abi.PEER_FIELDS)
+        stats = (abi.PodnetPeerCounters * (rows * n))()
+        self.peer_stats.read_array(stats, rows, n * ctypes.sizeof(abi.PodnetPeerCounters))
+        flat = memoryview(stats).cast("B").cast("Q")
+        values = [
+            tuple(sum(flat[base + f : base + n * words : words]) for f in range(words))
+            for base in range(0, rows * n * words, n * words)
+        ]
+        out: list[tuple[int, int, str] | None] = []
+        for row in range(rows):
+            if row < self.capacity.slots:
+                out.append(None)
+                continue
+            o = owners[row]
+            out.append((int(o.slot), int(o.used), ip_text(bytes(o.addr))))
+        return out, values
+
+    def free_peer_row(self, row: int, slot: int, address: str) -> None:
+        """Take a row out of the index (its sockets find a new one once the generation is
+        bumped); :meth:`recycle_peer_row` returns it to the queue a round later."""
+        key = abi.PodnetPeerKey(slot=slot)
+        ctypes.memmove(key.addr, ip_key(address).addr, 16)
+        val = abi.PodnetPeerVal()
+        if self.peer_idx.lookup(key, val) and val.row == row:
+            self.peer_idx.delete(key)
+
+    def recycle_peer_row(self, row: int) -> None:
+        """Zero a row no socket uses any more and give it back to the kernel."""
+        self.peer_stats.update(ctypes.c_uint32(row), (abi.PodnetPeerCounters * self._ncpus)())
+        if row >= self.capacity.slots:
+            self.peer_owner.update(ctypes.c_uint32(row), abi.PodnetPeerOwner())
+            self.push_free_peer_row(row)
+
+
+def ip_text(packed: bytes) -> str:
+    """The address of a map key (IPv4 as ::ffff:a.b.c.d) as text."""
+    if packed[:12] == b"\x00" * 10 + b"\xff\xff":
+        return str(ipaddress.IPv4Address(packed[12:]))
+    return str(ipaddress.IPv6Address(packed))

@@ -299,6 +299,10 @@ class PodsFileSource:
         self._stamp: tuple[int, int, int] | None = None
         self._pods: dict[str, PodInfo] = {}
         self.changed = threading.Event()  # never set: the file is read at each collection
+        # peers (issue 12): every pod of the file (not only this node's) and its Services
+        self._text = ""
+        self._all: list[PodInfo] = []
+        self._directory: Any = None
 
     def refresh(self) -> bool:
         try:
@@ -314,7 +318,8 @@ class PodsFileSource:
         if stamp == self._stamp:
             return False
         try:
-            pods = parse_pod_list(self.path.read_text(), str(self.path))
+            text = self.path.read_text()
+            pods = parse_pod_list(text, str(self.path))
         except InventoryError:
             if self._stamp is None:
                 raise
@@ -322,6 +327,7 @@ class PodsFileSource:
             self._stamp = stamp
             return False
         self._stamp = stamp
+        self._text, self._all, self._directory = text, pods, None
         mine = {p.uid: p for p in pods if not p.node_name or not self.node_name or p.node_name == self.node_name}
         changed = mine != self._pods
         self._pods = mine
@@ -330,6 +336,16 @@ class PodsFileSource:
 
     def pods(self) -> Mapping[str, PodInfo]:
         return self._pods
+
+    def peer_directory(self) -> Any:
+        """Peers (issue 12) are resolved from the pods the file lists, on every node, and
+        from the Services it lists (``kubectl get pods,services -o yaml``): a
+        otel_podnet.peerinfo.StaticPeerDirectory."""
+        if self._directory is None:
+            from .peerinfo import directory_from_text
+
+            self._directory = directory_from_text(self._text, self._all)
+        return self._directory
 
     def close(self) -> None:
         pass

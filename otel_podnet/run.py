@@ -50,7 +50,14 @@ def run(settings: Settings) -> int:
     except (CgroupError, NotReady) as exc:
         print(f"otel-podnet: {exc}", file=sys.stderr)
         return 3
-    core = Core(cgroup_root, source, capacity=Capacity.for_pods(settings.max_pods), interval=settings.interval)
+    core = Core(
+        cgroup_root,
+        source,
+        capacity=Capacity.for_pods(settings.max_pods),
+        interval=settings.interval,
+        max_peers=settings.max_peers,
+        peer_cidrs=settings.peer_cidrs,
+    )
     health = HealthState(settings.interval)
     health_server = None
     if settings.health_address is not None:

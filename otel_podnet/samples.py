@@ -151,6 +151,9 @@ class PodSample:
     uid: str | None
     counters: Counters
     final: bool = False  # the pod is gone: this is its last sample
+    # peers (issue 12): (peer attributes, cumulative figures in abi.PEER_FIELDS order) per
+    # series, at most --max-peers of them plus podnet.peer.kind=other
+    peers: tuple[tuple[tuple[tuple[str, str], ...], tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,9 @@ class Health:
     cgroups_refused: int = 0  # cgroups the agent could not register: podnet_cgroups full
     pod_ips_refused: int = 0  # pod IPs the agent could not add: podnet_pod_ips full
     collection_failures: int = 0  # collections that failed after start (the agent went on)
+    peer_rows_tracked: int = 0  # peers (issue 12): rows taken in podnet_peer_stats
+    peer_rows_capacity: int = 0
+    peers_full: int = 0  # times the kernel found no free peer row (traffic went to kind=other)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,12 @@ RESETS = MetricDef("podnet.tcp.resets", "{segment}", "TCP RST segments sent and 
 
 POD_METRICS = (OPENED, CLOSED, ACTIVE, FAILED, IO, PACKETS, PAYLOAD, RETRANSMITS, RESETS)
 
+# Peers (issue 12): on the same Resources, one series per peer (see otel_podnet.peers).
+PEER_IO = MetricDef("podnet.peer.network.io", "By", "IP bytes as on the wire, by peer", True)
+PEER_OPENED = MetricDef("podnet.peer.tcp.connections.opened", "{connection}", "Connections by peer", True)
+PEER_FAILED = MetricDef("podnet.peer.tcp.connections.failed", "{connection}", "Failed attempts by peer", True)
+PEER_METRICS = (PEER_IO, PEER_OPENED, PEER_FAILED)
+
 # Histograms (issue 11): explicit buckets at powers of two microseconds, in seconds.
 CONNECT_DURATION = MetricDef("podnet.tcp.connect.duration", "s", "Time from a connection's SYN to ESTABLISHED", True)
 RTT = MetricDef("podnet.tcp.rtt", "s", "The kernel's smoothed RTT of a connection", True)
@@ -95,6 +101,28 @@ def pod_series(c: Counters) -> Iterator[tuple[MetricDef, Attrs, int]]:
     yield RESETS, ((io, "receive"),), c.resets_rx
 
 
+def peer_series(
+    peers: tuple[tuple[Attrs, tuple[int, ...]], ...],
+) -> Iterator[tuple[MetricDef, Attrs, int]]:
+    """A sample's peer series (abi.PEER_FIELDS order); a point only where the figure is not
+    zero (a series that never had a failure has no failure points)."""
+    io, d = "network.io.direction", "podnet.direction"
+    for attrs, v in peers:
+        points = (
+            (PEER_IO, ((io, "transmit"),), v[0]),
+            (PEER_IO, ((io, "receive"),), v[1]),
+            (PEER_OPENED, ((d, "outbound"),), v[2]),
+            (PEER_OPENED, ((d, "inbound"),), v[3]),
+            *((PEER_FAILED, (("error.type", t),), v[4 + i]) for i, t in enumerate(FAILED_TYPES)),
+        )
+        for md, a, value in points:
+            if value:
+                yield md, a + attrs, value
+
+
+FAILED_TYPES = ("refused", "timeout", "unreachable", "reset", "other")
+
+
 def pod_histograms(c: Counters) -> Iterator[tuple[MetricDef, Attrs, Histogram]]:
     d = "podnet.direction"
     yield CONNECT_DURATION, ((d, "outbound"),), c.connect_out
@@ -118,6 +146,10 @@ def health_series(h: Health, export_failures: int) -> Iterator[tuple[MetricDef, 
     yield H_EXHAUSTED, (("podnet.slot.kind", "ip"),), h.pods_exhausted_ip
     yield H_MAP_FULL, (("podnet.map", "cgroups"),), h.cgroups_refused
     yield H_MAP_FULL, (("podnet.map", "pod_ips"),), h.pod_ips_refused
+    if h.peer_rows_capacity:  # peers (issue 12)
+        yield H_ENTRIES, (("podnet.map", "peers"),), h.peer_rows_tracked
+        yield H_CAPACITY, (("podnet.map", "peers"),), h.peer_rows_capacity
+        yield H_MAP_FULL, (("podnet.map", "peers"),), h.peers_full
     yield H_EXPORT_FAILURES, (), export_failures
     yield H_COLLECTION, (), h.collection_seconds
     yield H_COLLECTION_FAILURES, (), h.collection_failures

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .capacity import DEFAULT_MAX_PODS, MAX_MAX_PODS
+from .peers import Network, parse_peer_cidr
 
 # a DNS subdomain name, as Kubernetes names nodes
 _NODE_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -43,6 +44,44 @@ class Settings:
     log_level: str
     log_format: str
     max_pods: int = DEFAULT_MAX_PODS  # sizes the kernel's tables (capacity.py)
+    max_peers: int = 20  # peer series per pod and metric (issue 12); 0: no peer metrics
+    peer_cidrs: tuple[tuple[str, Network], ...] = ()  # --peer-cidr NAME=CIDR groups
+
+
+DEFAULT_MAX_PEERS = 20
+MAX_MAX_PEERS = 1000
+
+
+def parse_max_peers(cli: str | None, env: Mapping[str, str]) -> int:
+    """``--max-peers`` [``PODNET_MAX_PEERS``], default 20; 0 turns peer metrics off."""
+    if cli is not None:
+        raw, what = cli, "--max-peers"
+    elif env.get("PODNET_MAX_PEERS"):
+        raw, what = env["PODNET_MAX_PEERS"], "PODNET_MAX_PEERS"
+    else:
+        return DEFAULT_MAX_PEERS
+    if not raw.strip().isdigit() or int(raw) > MAX_MAX_PEERS:
+        raise ConfigError(
+            f"{what} {raw!r}: expected the number of peers per pod and metric, 0 (off) to {MAX_MAX_PEERS}"
+        )
+    return int(raw)
+
+
+def parse_peer_cidrs(cli: list[str] | None, env: Mapping[str, str]) -> tuple[tuple[str, Network], ...]:
+    """``--peer-cidr NAME=CIDR``, repeatable [``PODNET_PEER_CIDRS``, comma list]."""
+    if cli:
+        items, what = cli, "--peer-cidr"
+    elif env.get("PODNET_PEER_CIDRS"):
+        items, what = [i for i in env["PODNET_PEER_CIDRS"].split(",") if i.strip()], "PODNET_PEER_CIDRS"
+    else:
+        return ()
+    out = []
+    for item in items:
+        try:
+            out.append(parse_peer_cidr(item, what))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return tuple(out)
 
 
 def parse_max_pods(cli: str | None, env: Mapping[str, str]) -> int:
@@ -113,6 +152,8 @@ def build(
     log_format: str,
     env: Mapping[str, str] | None = None,
     max_pods: str | None = None,
+    max_peers: str | None = None,
+    peer_cidrs: list[str] | None = None,
 ) -> Settings:
     env = os.environ if env is None else env
 
@@ -161,4 +202,6 @@ def build(
         log_level=log_level,
         log_format=log_format,
         max_pods=parse_max_pods(max_pods, env),
+        max_peers=parse_max_peers(max_peers, env),
+        peer_cidrs=parse_peer_cidrs(peer_cidrs, env),
     )

@@ -44,6 +44,29 @@ def format_row(label: str, s: PodSample) -> str:
     )
 
 
+def peer_label(attrs: tuple[tuple[str, str], ...]) -> str:
+    """A peer series as ``kind namespace/workload (workload kind) via service``."""
+    a = dict(attrs)
+    label = a.get("podnet.peer.kind", "?")
+    if "podnet.peer.namespace" in a or "podnet.peer.workload" in a:
+        where = "/".join(a[k] for k in ("podnet.peer.namespace", "podnet.peer.workload") if k in a)
+        label += f" {where}"
+    if "podnet.peer.workload.kind" in a:
+        label += f" ({a['podnet.peer.workload.kind']})"
+    if "podnet.peer.service" in a:
+        label += f" via service {a['podnet.peer.service']}"
+    return label
+
+
+def format_peers(s: PodSample) -> list[str]:
+    """One line per peer series (issue 12), busiest first, under the pod's row."""
+    rows = sorted(s.peers, key=lambda p: -(p[1][0] + p[1][1]))
+    return [
+        f"    -> {peer_label(attrs)[:40]:<40} tx {v[0]:>12} rx {v[1]:>12} open {v[2]}/{v[3]} failed {sum(v[4:])}"
+        for attrs, v in rows
+    ]
+
+
 class ConsoleExporter:
     def __init__(self, out: TextIO | None = None) -> None:
         self._out = out or sys.stdout
@@ -52,6 +75,7 @@ class ConsoleExporter:
         lines = [HEADER]
         for s in snapshot.samples:
             lines.append(format_row(pod_label(s, pods) + (" (final)" if s.final else ""), s))
+            lines += format_peers(s)
         h = snapshot.health
         lines.append(
             f"-- pods {h.pods}, slots {h.slots_in_use}/{h.slots_capacity}, cgroups {h.cgroups_tracked}/"

@@ -54,10 +54,12 @@ from ..series import (
     HEALTH_METRICS,
     HIST_BOUNDS_S,
     HISTOGRAM_METRICS,
+    PEER_METRICS,
     POD_METRICS,
     Attrs,
     MetricDef,
     health_series,
+    peer_series,
     pod_histograms,
     pod_series,
 )
@@ -304,6 +306,7 @@ class OtlpExporter:
                 attrs = node_attributes(self._node, self._extra)
                 points = list(pod_series(s.counters))
                 metrics = self._metrics(None, POD_METRICS, points, now_ns, values)
+                metrics += self._metrics(None, PEER_METRICS, list(peer_series(s.peers)), now_ns, values)
                 metrics += self._histograms(None, s, now_ns, hists)
                 metrics += self._metrics(
                     None, HEALTH_METRICS, list(health_series(snapshot.health, self._stats.failures)), now_ns, values
@@ -311,6 +314,7 @@ class OtlpExporter:
             else:
                 attrs = pod_attributes(s.uid, pods.get(s.uid), self._node, self._extra)
                 metrics = self._metrics(s.uid, POD_METRICS, list(pod_series(s.counters)), now_ns, values)
+                metrics += self._metrics(s.uid, PEER_METRICS, list(peer_series(s.peers)), now_ns, values)
                 metrics += self._histograms(s.uid, s, now_ns, hists)
             resource_metrics.append(
                 ResourceMetrics(

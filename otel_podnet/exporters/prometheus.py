@@ -26,10 +26,12 @@ from ..series import (
     HEALTH_METRICS,
     HIST_BOUNDS_S,
     HISTOGRAM_METRICS,
+    PEER_METRICS,
     POD_METRICS,
     Attrs,
     MetricDef,
     health_series,
+    peer_series,
     pod_histograms,
     pod_series,
 )
@@ -78,11 +80,12 @@ class _SnapshotCollector(Collector):
             else:
                 res = pod_attributes(s.uid, pods.get(s.uid), self._node, self._extra)
                 rows += [(d, _labels(res, a), v) for d, a, v in pod_series(s.counters)]
+            rows += [(d, _labels(res, a), v) for d, a, v in peer_series(s.peers)]  # peers (issue 12)
             hist_rows += [(d, _labels(res, a), h) for d, a, h in pod_histograms(s.counters)]
         by_metric: dict[str, list[tuple[dict[str, str], float]]] = {}
         for md, labels, v in rows:
             by_metric.setdefault(md.name, []).append((labels, v))
-        for d in (*POD_METRICS, *HEALTH_METRICS):
+        for d in (*POD_METRICS, *PEER_METRICS, *HEALTH_METRICS):
             mine = by_metric.get(d.name)
             if not mine:
                 continue

@@ -30,6 +30,7 @@ MANIFEST = REPO / "deploy" / "otel-podnet.yaml"
 CHART = REPO / "deploy" / "helm" / "otel-podnet"
 IMAGE = "ghcr.io/otel-podnet/otel-podnet:0.1.0"
 CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN"}
+IMAGE_UID = 65532
 CHART_NS = "otel-podnet-chart"
 CHART_RELEASE = "e2e"
 
@@ -190,9 +191,12 @@ def _check_agent_pod_spec(spec: Obj) -> None:
     assert "--health-address=0.0.0.0:9465" in container["args"]
     sec = container["securityContext"]
     assert sec.get("privileged", False) is False
+    # Non-root, the capabilities kept through exec by the image's file capabilities
+    # (see the Dockerfile), no_new_privs on.
     assert sec["allowPrivilegeEscalation"] is False
     assert sec["readOnlyRootFilesystem"] is True
-    assert sec["runAsUser"] == 0
+    assert sec["runAsUser"] == IMAGE_UID
+    assert sec["runAsNonRoot"] is True
     assert sec["capabilities"]["drop"] == ["ALL"]
     assert set(sec["capabilities"]["add"]) == CAPABILITIES
     env = {e["name"]: e for e in container["env"]}
@@ -207,6 +211,15 @@ def _check_agent_pod_spec(spec: Obj) -> None:
     assert host_paths == {"host-cgroup": "/sys/fs/cgroup"}
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["host-cgroup"]["readOnly"] is True
+
+
+def test_image_user_and_file_capabilities_match_the_manifests() -> None:
+    """The Dockerfile's USER is the manifests' runAsUser, and the file capabilities it sets
+    on the agent's interpreter are exactly the capabilities the manifests add."""
+    text = (REPO / "Dockerfile").read_text()
+    assert re.findall(r"^USER (\S+)$", text, re.M)[-1] == f"{IMAGE_UID}:{IMAGE_UID}"
+    [setcap] = re.findall(r"setcap (\S+)=p /opt/otel-podnet/bin/python3", text)
+    assert {c.removeprefix("cap_").upper() for c in setcap.split(",")} == CAPABILITIES
 
 
 def test_every_capability_and_host_mount_is_explained() -> None:

@@ -14,8 +14,14 @@ from otel_podnet.settings import ConfigError, parse_max_pods
 
 
 def test_formula_for_the_default_node() -> None:
-    assert Capacity.for_pods(110) == Capacity(slots=505, cgroups=9952, pod_ips=456)
-    assert Capacity.for_pods(1) == Capacity(slots=69, cgroups=8208, pod_ips=20)
+    assert Capacity.for_pods(110) == Capacity(slots=505, cgroups=9952, pod_ips=456, peer_rows=1008)
+    assert Capacity.for_pods(1) == Capacity(slots=69, cgroups=8208, pod_ips=20, peer_rows=136)
+
+
+def test_peer_rows_memory_of_a_128_cpu_110_pod_node() -> None:
+    row = ctypes.sizeof(abi.PodnetPeerCounters)  # 72 bytes: bytes x2, opened x2, failed x5
+    assert row == 72
+    assert Capacity.for_pods(110).peer_bytes(128, row) == (505 + 1008) * 128 * 72 == 13_943_808
 
 
 def test_stats_memory_of_a_128_cpu_110_pod_node() -> None:

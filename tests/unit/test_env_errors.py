@@ -55,6 +55,18 @@ CASES: list[tuple[str, str, str]] = [
     ("PODNET_HEALTH_ADDRESS", ":99999", "expected HOST:PORT with a port from 1 to 65535"),
     ("PODNET_BPF_OBJECT", MISSING, "expected the path of an existing file, the compiled BPF object (podnet.bpf.o)"),
     ("PODNET_LIBBPF", MISSING, "expected the path of an existing file, libbpf.so"),
+    ("PODNET_MAX_PEERS", "many", "expected the number of peers per pod and metric, 0 (off) to 1000"),
+    ("PODNET_MAX_PEERS", "1001", "expected the number of peers per pod and metric, 0 (off) to 1000"),
+    (
+        "PODNET_PEER_CIDRS",
+        "10.1.0.0/16",
+        "expected NAME=CIDR with a name of letters, digits, '-', '_' or '.'",
+    ),
+    (
+        "PODNET_PEER_CIDRS",
+        "corp=10.0.0.1/8",
+        "expected NAME=CIDR with a network such as 10.0.0.0/8 or 2001:db8::/32 (no host bits set)",
+    ),
 ]
 
 

@@ -1,0 +1,337 @@
+"""Peer metrics (issue 12): each pod's bytes and connections by the workload it talks to.
+
+The kernel counts per (slot, remote address) in peer rows (bpf/podnet.bpf.c); here:
+
+* :class:`PeerResolver` names a remote address: a node's own address is ``node``, a pod's
+  is its workload (otel_podnet.peerinfo), a Service's ClusterIP is the workload of its
+  backends when they are all one workload (else the Service alone), with the Service's name
+  in ``podnet.peer.service``; any other address is ``external``, or the group of the first
+  ``--peer-cidr`` that holds it (the most specific when several do).
+* :class:`PeerTable` turns the rows into each owner's (pod's or the node's) deltas per peer
+  and interval: a row's growth since the last reading goes to the peer its address names
+  now, so a counter never moves between peers when the directory changes. It frees rows
+  that stayed idle (their sockets find a new one on their next packet) and the rows of
+  slots the attribution retires.
+* :class:`PeerFolder` keeps at most ``max_peers`` series per owner: each interval the
+  busiest by bytes keep (or get) their own series and every other peer's figures go to
+  ``podnet.peer.kind=other``, whose series also takes in the whole value of a series that
+  drops out. So every exported figure only grows while it exists, and at every export the
+  series of an owner sum exactly to its own totals.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from logging import getLogger
+from pathlib import Path
+from typing import Protocol
+
+from .abi import PEER_FIELDS, SLOT_NODE
+from .peerinfo import PeerDirectory
+
+_logger = getLogger(__name__)
+
+NFIELDS = len(PEER_FIELDS)
+ZERO: tuple[int, ...] = (0,) * NFIELDS
+IDLE_ROUNDS = 3  # a row with no growth for this many intervals is freed
+I_BYTES_TX, I_BYTES_RX, I_OPENED_OUT, I_OPENED_IN = 0, 1, 2, 3
+FAILED_TYPES = ("refused", "timeout", "unreachable", "reset", "other")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, order=True)
+class Peer:
+    """A peer as exported: ``kind`` is pod, node, external or other."""
+
+    kind: str
+    namespace: str = ""
+    workload: str = ""
+    workload_kind: str = ""
+    service: str = ""
+
+    def attributes(self) -> tuple[tuple[str, str], ...]:
+        out = [("podnet.peer.kind", self.kind)]
+        if self.namespace:
+            out.append(("podnet.peer.namespace", self.namespace))
+        if self.workload:
+            out.append(("podnet.peer.workload", self.workload))
+        if self.workload_kind:
+            out.append(("podnet.peer.workload.kind", self.workload_kind))
+        if self.service:
+            out.append(("podnet.peer.service", self.service))
+        return tuple(out)
+
+
+OTHER = Peer("other")
+NODE_PEER = Peer("node")
+EXTERNAL = Peer("external")
+
+
+def _add(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+def _sub(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    return tuple(x - y for x, y in zip(a, b, strict=True))
+
+
+# -- naming addresses ------------------------------------------------------------------------
+
+
+def parse_peer_cidr(item: str, what: str) -> tuple[str, Network]:
+    """``NAME=CIDR`` of ``--peer-cidr`` (``what`` names the option in errors: ValueError)."""
+    name, sep, cidr = item.partition("=")
+    name, cidr = name.strip(), cidr.strip()
+    if not sep or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(f"{what} {item!r}: expected NAME=CIDR with a name of letters, digits, '-', '_' or '.'")
+    try:
+        return name, ipaddress.ip_network(cidr, strict=True)
+    except ValueError:
+        raise ValueError(
+            f"{what} {item!r}: expected NAME=CIDR with a network such as 10.0.0.0/8 or 2001:db8::/32 (no host bits set)"
+        ) from None
+
+
+def local_addresses(proc: Path = Path("/proc")) -> frozenset[str]:
+    """This host's own addresses (IPv4 from fib_trie's local routes, IPv6 from if_inet6),
+    loopback left out: a node's addresses as its pods see them."""
+    out: set[str] = set()
+    try:
+        last = ""
+        for line in (proc / "net/fib_trie").read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("|--", "+--")):
+                last = s.split()[1]
+            elif s == "/32 host LOCAL" and last and not last.startswith("127."):
+                out.add(last)
+    except OSError:
+        pass
+    try:
+        for line in (proc / "net/if_inet6").read_text().splitlines():
+            hexaddr = line.split()[0]
+            ip = ipaddress.IPv6Address(bytes.fromhex(hexaddr))
+            if not ip.is_loopback and not ip.is_link_local:
+                out.add(str(ip))
+    except (OSError, ValueError, IndexError):
+        pass
+    return frozenset(out)
+
+
+class PeerResolver:
+    def __init__(
+        self,
+        directory: PeerDirectory | None,
+        node_ips: Iterable[str] = (),
+        cidrs: Sequence[tuple[str, Network]] = (),
+    ) -> None:
+        self.directory = directory
+        self.node_ips = frozenset(node_ips)
+        # most specific first: an address in two groups belongs to the narrower one
+        self._cidrs = sorted(cidrs, key=lambda c: -c[1].prefixlen)
+
+    def resolve(self, ip: str) -> Peer:
+        if ip in self.node_ips:
+            return NODE_PEER
+        d = self.directory
+        if d is not None:
+            w = d.pod_by_ip(ip)
+            if w is not None:
+                return Peer("pod", w.namespace, w.workload, w.kind)
+            svc = d.service_by_ip(ip)
+            if svc is not None:
+                if len(svc.backends) == 1:
+                    b = svc.backends[0]
+                    return Peer("pod", b.namespace, b.workload, b.kind, service=svc.name)
+                return Peer("pod", svc.namespace, service=svc.name)
+        if self._cidrs:
+            addr = ipaddress.ip_address(ip)
+            for name, net in self._cidrs:
+                if addr.version == net.version and addr in net:
+                    return Peer("external", workload=name)
+        return EXTERNAL
+
+
+# -- the kernel's rows -------------------------------------------------------------------------
+
+
+class PeerRows(Protocol):
+    """What the peer table needs of the datapath (otel_podnet.datapath.Datapath)."""
+
+    @property
+    def peer_rows(self) -> int: ...
+    def push_free_peer_row(self, row: int) -> None: ...
+    def read_peer_rows(self) -> tuple[list[tuple[int, int, str] | None], list[tuple[int, ...]]]: ...
+    def free_peer_row(self, row: int, slot: int, address: str) -> None: ...
+    def recycle_peer_row(self, row: int) -> None: ...
+
+
+@dataclass
+class _Row:
+    slot: int
+    address: str
+    last: tuple[int, ...] = ZERO
+    idle: int = 0
+    owner: str | None = None  # set once the row is freed: whose its last growth is
+
+
+# Owner key of the node, as in otel_podnet.attribution.
+NODE = ""
+Deltas = dict[str, dict[Peer, tuple[int, ...]]]  # owner -> peer -> growth (abi.PEER_FIELDS)
+
+
+class PeerTable:
+    """The kernel's peer rows read into deltas per owner and peer."""
+
+    def __init__(self, rows: PeerRows, slots: int, idle_rounds: int = IDLE_ROUNDS) -> None:
+        self._dp = rows
+        self._slots = slots
+        self._idle_rounds = idle_rounds
+        self._rows: dict[int, _Row] = {}
+        self._overflow_last: dict[int, tuple[int, ...]] = {}
+        self._freed: list[int] = []  # rows out of the index, recycled at the next reading
+        self._pending: dict[str, dict[Peer, tuple[int, ...]]] = {}
+        self._retired: list[tuple[int, str]] = []
+        self.in_use = 0
+
+    def start(self) -> None:
+        """Hand every allocatable row to the kernel (after load, before attach)."""
+        for row in range(self._slots, self._dp.peer_rows):
+            self._dp.push_free_peer_row(row)
+
+    def slot_retired(self, slot: int, owner: str) -> None:
+        """The attribution carried a slot into ``owner``'s totals: so do its peer rows, at
+        the next reading (no socket counts into a retired slot any more)."""
+        self._retired.append((slot, owner))
+
+    def _credit(self, out: Deltas, owner: str, peer: Peer, d: Sequence[int]) -> None:
+        if any(d):
+            per = out.setdefault(owner, {})
+            per[peer] = _add(per.get(peer, ZERO), d)
+
+    def read(self, slot_owner: Mapping[int, str], resolver: PeerResolver) -> tuple[Deltas, bool]:
+        """Each owner's growth per peer since the last reading, and whether rows were taken
+        out of the index (the caller bumps the generation, so their sockets move on)."""
+        owners, values = self._dp.read_peer_rows()
+        out = self._pending
+        self._pending = {}
+        names: dict[str, Peer] = {}
+
+        def name(ip: str) -> Peer:
+            p = names.get(ip)
+            if p is None:
+                p = names[ip] = resolver.resolve(ip)
+            return p
+
+        def owner_of(slot: int) -> str | None:
+            return NODE if slot == SLOT_NODE else slot_owner.get(slot)
+
+        # rows freed at the last reading: their last growth, then back to the kernel
+        recycled = set(self._freed)
+        for row in self._freed:
+            gone = self._rows.pop(row)
+            if gone.owner is not None:
+                self._credit(out, gone.owner, name(gone.address), _sub(values[row], gone.last))
+            self._dp.recycle_peer_row(row)
+        self._freed = []
+        # retired slots: everything their rows hold is the retiring owner's
+        retired = dict(self._retired)
+        self._retired = []
+        for slot, was in retired.items():
+            self._credit(out, was, OTHER, _sub(values[slot], self._overflow_last.pop(slot, ZERO)))
+            self._dp.recycle_peer_row(slot)
+        freed_any = False
+        in_use = 0
+        for row in range(self._slots, len(owners)):
+            o = owners[row]
+            if o is None or not o[1] or row in recycled:
+                continue
+            in_use += 1
+            slot, _used, address = o
+            r = self._rows.get(row)
+            if r is None or (r.slot, r.address) != (slot, address):
+                r = _Row(slot, address)
+                self._rows[row] = r
+            if slot in retired:
+                self._credit(out, retired[slot], name(address), _sub(values[row], r.last))
+                self._dp.free_peer_row(row, slot, address)
+                del self._rows[row]
+                self._dp.recycle_peer_row(row)
+                continue
+            whose = owner_of(slot)
+            if whose is None:
+                continue  # a slot the attribution has not classified yet: next time
+            d = _sub(values[row], r.last)
+            r.last = values[row]
+            self._credit(out, whose, name(address), d)
+            r.idle = 0 if any(d) else r.idle + 1
+            if r.idle >= self._idle_rounds:
+                self._dp.free_peer_row(row, slot, address)
+                r.owner = whose
+                self._freed.append(row)
+                freed_any = True
+        self.in_use = in_use
+        # the slots' overflow rows: traffic that found no row of its own
+        for slot in (SLOT_NODE, *slot_owner):
+            if slot >= self._slots or slot in retired:
+                continue
+            whose = owner_of(slot)
+            if whose is None:
+                continue
+            last = self._overflow_last.get(slot, ZERO)
+            self._credit(out, whose, OTHER, _sub(values[slot], last))
+            self._overflow_last[slot] = values[slot]
+        return out, freed_any
+
+
+# -- at most max_peers series per owner -----------------------------------------------------------
+
+
+class PeerFolder:
+    """Per owner: the peers that have a series of their own (at most ``max_peers``) and
+    every series' cumulative figures (see the module's docstring)."""
+
+    def __init__(self, max_peers: int) -> None:
+        self.max_peers = max_peers
+        self._series: dict[str, dict[Peer, tuple[int, ...]]] = {}
+
+    def fold(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> dict[Peer, tuple[int, ...]]:
+        """Add one interval's growth per peer; the owner's series after it."""
+        series = self._series.setdefault(owner, {})
+        members = {p for p in series if p != OTHER}
+
+        def busy(p: Peer) -> tuple[int, int, int, int, Peer]:
+            d, had = deltas.get(p, ZERO), series.get(p, ZERO)
+            # by bytes, then connections; on a tie a peer that has a series keeps it, the
+            # biggest first (the fewest figures move to other)
+            return (
+                -(d[I_BYTES_TX] + d[I_BYTES_RX]),
+                -sum(d[I_OPENED_OUT:]),
+                0 if p in members else 1,
+                -(had[I_BYTES_TX] + had[I_BYTES_RX]),
+                p,
+            )
+
+        candidates = (members | {p for p in deltas if p != OTHER and any(deltas[p])}) - {OTHER}
+        keep = set(sorted(candidates, key=busy)[: self.max_peers])
+        other = _add(series.get(OTHER, ZERO), deltas.get(OTHER, ZERO))
+        for p in members - keep:  # drops out: its whole value goes on in other
+            other = _add(other, series.pop(p))
+        for p, d in deltas.items():
+            if p == OTHER:
+                continue
+            if p in keep:
+                series[p] = _add(series.get(p, ZERO), d)
+            else:
+                other = _add(other, d)
+        if any(other):
+            series[OTHER] = other
+        return dict(series)
+
+    def forget(self, owner: str) -> None:
+        self._series.pop(owner, None)
+
+    def owners(self) -> list[str]:
+        return list(self._series)
