@@ -80,7 +80,7 @@ def maybe_api_source(settings: Settings) -> PodSource | None:
         ) from exc
     source = open_source(target, settings.node_name)
     # peer metrics on (issue 12): the cluster's pods and Services too
-    if getattr(settings, "max_peers", 0) > 0 and isinstance(source, KubePodSource):
+    if settings.max_peers > 0 and isinstance(source, KubePodSource):
         try:
             source.start_peer_directory()
         except BaseException:

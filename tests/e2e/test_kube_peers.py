@@ -470,3 +470,62 @@ def test_the_api_pod_source_starts_and_stops_its_directory(kube_apiserver: ApiSe
     finally:
         source.close()
     assert not any(f.thread.is_alive() for f in d.feeds)
+
+
+# -- the agent ------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root (BPF, namespaces)")
+def test_the_agent_names_a_peer_on_another_node(
+    kube_apiserver: ApiServer, otelcol: Path, node: Any, ns: str, tmp_path: Path
+) -> None:
+    """The real agent with the API as its pod source: a pod of this node connects to a pod
+    the API places on another node (a Deployment's, through its ReplicaSet); the client's
+    peer series name that Deployment, with the exact connection count, on the client's
+    Resource at the Collector."""
+    from . import otlp_json
+    from .conftest import agent, exchange, gateway
+    from .test_kube import kubeconfig_env, sim_pod
+
+    api = kube_apiserver
+    client = sim_pod(api, node, ns, "client")
+    rs = deployment_chain(api, ns, "backend", "backend-6f7d8c9b5", {"app": "backend"})
+    # on this machine for the traffic, on node-b for the API: not one of this node's pods
+    server = node.add_pod("backend-6f7d8c9b5-k2v4x", ns)
+    pod(
+        api,
+        ns,
+        "backend-6f7d8c9b5-k2v4x",
+        [server.ip4],
+        node="node-b",
+        owner=rs,
+        labels={"app": "backend", "pod-template-hash": "6f7d8c9b5"},
+    )
+    opened = (
+        "podnet.peer.tcp.connections.opened",
+        tuple(
+            sorted(
+                (
+                    ("podnet.direction", "outbound"),
+                    ("podnet.peer.kind", "pod"),
+                    ("podnet.peer.namespace", ns),
+                    ("podnet.peer.workload", "backend"),
+                    ("podnet.peer.workload.kind", "deployment"),
+                )
+            )
+        ),
+    )
+    with gateway(otelcol, tmp_path / "col") as col:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": col.grpc_endpoint, **kubeconfig_env()}
+        with agent(None, env, interval=0.5, kubeconfig=api.admin_kubeconfig) as a:
+            exchange(node, client, server, 7810, n=5, up=10_000, down=1_000)
+
+            def client_points() -> dict[Any, float]:
+                reqs = otlp_json.requests(col.file)
+                pods = {str(r.get("k8s.pod.uid")): p for r, p in otlp_json.by_pod(reqs[-1])} if reqs else {}
+                return pods.get(client.uid, {})
+
+            wait_for(lambda: client_points().get(opened) == 5, timeout=60, what="the client's peer series")
+            rc, err = a.stop()
+    assert rc == 0, err
+    assert "peers: listed" in err and "Traceback" not in err
