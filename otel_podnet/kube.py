@@ -628,6 +628,40 @@ _PEER_RBAC = {
 }
 
 
+class _PeerOutage:
+    """The API's unreachability as the directory's three feeds see it, reported once for
+    all of them: one warning per minute at most while it lasts, one line when it ends."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._trouble = RateLimited(_logger, 60.0)
+
+    def failed(self, kind: str, exc: BaseException) -> None:
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+            self._trouble.log(
+                logging.WARNING,
+                "peers: Kubernetes API at %s unreachable (%s, watching the cluster's %s); peers are named from the "
+                "last view, retrying with backoff",
+                self.server,
+                describe(exc),
+                kind,
+            )
+
+    def connected(self) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                _logger.info(
+                    "peers: Kubernetes API at %s reachable again after %.0f s",
+                    self.server,
+                    time.monotonic() - self._down_since,
+                )
+                self._down_since = None
+
+
 class _PeerFeed:
     """One resource of the whole cluster (pods, services or endpointslices), listed page by
     page into a fresh index that then replaces the live one at once, and watched from the
@@ -647,6 +681,7 @@ class _PeerFeed:
         backoff_cap: float = 10.0,
         watch_seconds: tuple[int, int] = (300, 600),
         page_size: int = 500,
+        outage: _PeerOutage | None = None,
     ) -> None:
         self.kind = kind
         self.synced = threading.Event()  # set by the first complete list
@@ -662,8 +697,7 @@ class _PeerFeed:
         self._page_size = page_size
         self._resp: Any = None
         self._failures = 0
-        self._down_since: float | None = None
-        self._trouble = RateLimited(_logger, 60.0)
+        self._outage = outage or _PeerOutage(server)
         self._refused = RateLimited(_logger, 60.0)
         self.thread = threading.Thread(target=self.run, name=f"kube-peer-{kind}", daemon=True)
 
@@ -756,20 +790,11 @@ class _PeerFeed:
             self.rv = str(rv)
 
     def _connected(self) -> None:
-        if self._down_since is not None:
-            _logger.info(
-                "Kubernetes API at %s reachable again for %s after %.0f s",
-                self._server,
-                self.kind,
-                time.monotonic() - self._down_since,
-            )
-            self._down_since = None
+        self._outage.connected()
         self._failures = 0
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
-        if self._down_since is None:
-            self._down_since = time.monotonic()
         status = getattr(exc, "status", None) if isinstance(exc, ApiException) else None
         grant, missing = _PEER_RBAC[self.kind]
         if status in (401, 403):
@@ -786,14 +811,7 @@ class _PeerFeed:
                 RBAC_HINT,
             )
         else:
-            self._trouble.log(
-                logging.WARNING,
-                "Kubernetes API at %s unreachable for %s (%s); peers are resolved from the last view and the feed "
-                "retries with backoff",
-                self._server,
-                self.kind,
-                describe(exc),
-            )
+            self._outage.failed(self.kind, exc)
 
     def run(self) -> None:
         need_list, why = True, "start"
@@ -866,6 +884,7 @@ class KubePeerDirectory:
         core: Any = k8s_client.CoreV1Api(api_client)
         discovery: Any = k8s_client.DiscoveryV1Api(api_client)
         common: dict[str, Any] = {
+            "outage": _PeerOutage(server),
             "server": server,
             "credentials": credentials,
             "backoff_cap": backoff_cap,
