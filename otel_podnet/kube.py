@@ -1,4 +1,5 @@
-"""The Kubernetes API pod source: the pods of this node, listed, then watched.
+"""The Kubernetes API pod source: the pods of this node, listed, then watched; and the peer
+directory: the cluster's pods and Services, for peer metrics (KubePeerDirectory, last part).
 
 The only module that imports ``kubernetes`` (the official client); otel_podnet.kube_source
 decides whether it is needed at all.
@@ -43,6 +44,8 @@ from .inventory import PodInfo, SkipWarnings, pod_from_object, pod_name
 from .kube_source import ApiTarget
 from .log import RateLimited
 from .owners import OwnerLookupError, OwnerResolver
+from .peer_index import PeerTables
+from .peerinfo import PeerWorkload, ServiceRef
 from .settings import ConfigError, NotReady
 
 _logger = logging.getLogger(__name__)
@@ -220,6 +223,7 @@ class KubePodSource:
         self._trouble = RateLimited(_logger, 60.0)  # unreachable, failing
         self._refused = RateLimited(_logger, 60.0)  # 401/403: a different trouble, reported on its own
         self._skips = SkipWarnings(_logger)  # pods with fields of the wrong type
+        self._peers: KubePeerDirectory | None = None
 
     # -- PodSource --------------------------------------------------------------------------
 
@@ -234,7 +238,33 @@ class KubePodSource:
     def pods(self) -> Mapping[str, PodInfo]:
         return self._view
 
+    def peer_directory(self) -> KubePeerDirectory | None:
+        """The cluster's pods and Services for peer metrics, once :meth:`start_peer_directory`
+        started it (the agent's Core asks its pod source for one)."""
+        return self._peers
+
+    def start_peer_directory(self, wait: float = 10.0) -> KubePeerDirectory:
+        """Start watching the cluster's pods and Services (a client of its own, with this
+        source's configuration), waiting up to ``wait`` seconds for the first lists; never
+        fails for the API. :meth:`close` stops it."""
+        if self._peers is None:
+            directory = make_peer_directory(
+                k8s_client.ApiClient(configuration=self._api.configuration),
+                server=self.server,
+                credentials=self.credentials,
+            )
+            directory.start()
+            self._peers = directory
+            if wait > 0 and not directory.wait_synced(wait):
+                _logger.warning(
+                    "peers: the cluster's pods and Services not listed yet after %g s; peers are named once they are",
+                    wait,
+                )
+        return self._peers
+
     def close(self) -> None:
+        if self._peers is not None:
+            self._peers.stop()
         self._stop.set()
         resp = self._resp
         if resp is not None:
@@ -580,6 +610,363 @@ class KubePodSource:
                 need_list, why = True, f"after {type(exc).__name__}"
                 self._failures += 1
             self._stop.wait(backoff_delay(self._failures, cap=self.backoff_cap))
+
+
+# -- the cluster's pods and Services, for peers ----------------------------------------------
+
+# Pods that can be a peer: with an IP, not finished (a finished pod's IP may be another's).
+# Host-network pods are kept apart, as their nodes' addresses (otel_podnet.peer_index).
+PEER_POD_SELECTOR = "status.podIP!=,status.phase!=Succeeded,status.phase!=Failed"
+# kind -> (what to grant, and what is missing without it)
+_PEER_RBAC = {
+    "pods": ("list/watch on pods", "no pod peer is named"),
+    "services": ("list/watch on services", "peers reached through a ClusterIP are not named as Services"),
+    "endpointslices": (
+        "list/watch on endpointslices.discovery.k8s.io",
+        "Services are named without their backends",
+    ),
+}
+
+
+class _PeerOutage:
+    """The API's unreachability as the directory's three feeds see it, reported once for
+    all of them: one warning per minute at most while it lasts, one line when it ends."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._trouble = RateLimited(_logger, 60.0)
+
+    def failed(self, kind: str, exc: BaseException) -> None:
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+            self._trouble.log(
+                logging.WARNING,
+                "peers: Kubernetes API at %s unreachable (%s, watching the cluster's %s); peers are named from the "
+                "last view, retrying with backoff",
+                self.server,
+                describe(exc),
+                kind,
+            )
+
+    def connected(self) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                _logger.info(
+                    "peers: Kubernetes API at %s reachable again after %.0f s",
+                    self.server,
+                    time.monotonic() - self._down_since,
+                )
+                self._down_since = None
+
+
+class _PeerFeed:
+    """One resource of the whole cluster (pods, services or endpointslices), listed page by
+    page into a fresh index that then replaces the live one at once, and watched from the
+    list's resourceVersion with bookmarks; a 410 Gone lists again. While the API is away or
+    refuses, the last index stays and the feed retries with backoff."""
+
+    def __init__(
+        self,
+        kind: str,
+        call: Callable[..., Any],
+        tables: PeerTables,
+        stop: threading.Event,
+        *,
+        server: str,
+        credentials: str,
+        selector: str = "",
+        backoff_cap: float = 10.0,
+        watch_seconds: tuple[int, int] = (300, 600),
+        page_size: int = 500,
+        outage: _PeerOutage | None = None,
+    ) -> None:
+        self.kind = kind
+        self.synced = threading.Event()  # set by the first complete list
+        self.rv = ""
+        self._call = call
+        self._tables = tables
+        self._stop = stop
+        self._server = server
+        self._credentials = credentials
+        self._selector = selector
+        self._backoff_cap = backoff_cap
+        self._watch_seconds = watch_seconds
+        self._page_size = page_size
+        self._resp: Any = None
+        self._failures = 0
+        self._outage = outage or _PeerOutage(server)
+        self._refused = RateLimited(_logger, 60.0)
+        self.thread = threading.Thread(target=self.run, name=f"kube-peer-{kind}", daemon=True)
+
+    def abort(self) -> None:
+        resp = self._resp
+        if resp is not None:
+            _abort(resp)
+
+    def _kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        if self._selector:
+            kwargs["field_selector"] = self._selector
+        return {**kwargs, "_preload_content": False}
+
+    def relist(self, why: str) -> None:
+        """Every object now (a consistent read, page by page) into a fresh index, installed
+        at once; the watch resumes from the list's resourceVersion."""
+        index = self._tables.fresh(self.kind)
+        token = ""
+        while True:
+            kwargs = self._kwargs(limit=self._page_size, _request_timeout=(10, 60))
+            if token:
+                kwargs["_continue"] = token
+            doc = _json(self._call(**kwargs))
+            items = doc.get("items")
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, Mapping):
+                    index.apply("ADDED", item)
+            meta = doc.get("metadata")
+            meta = meta if isinstance(meta, Mapping) else {}
+            token = str(meta.get("continue") or "")
+            if not token:
+                break
+        self._tables.install(self.kind, index)
+        self.rv = str(meta.get("resourceVersion") or "")
+        first = not self.synced.is_set()
+        self.synced.set()
+        _logger.info(
+            "peers: %s %d %s of the cluster (%s, resourceVersion %s)",
+            "listed" if first else "listed again",
+            len(index),
+            self.kind,
+            "start" if first else why,
+            self.rv or "?",
+        )
+
+    def _watch_once(self) -> None:
+        lo, hi = self._watch_seconds
+        seconds = random.randint(lo, hi)
+        resp = self._call(
+            **self._kwargs(
+                watch=True,
+                allow_watch_bookmarks=True,
+                resource_version=self.rv,
+                timeout_seconds=seconds,
+                _request_timeout=(10, seconds + 60),
+            )
+        )
+        self._resp = resp
+        try:
+            if self._stop.is_set():
+                return  # stop() came before self._resp was set: it could not abort this one
+            self._connected()
+            for event in _events(resp):
+                if self._stop.is_set():
+                    return
+                self.apply_event(event)
+        finally:
+            self._resp = None
+            try:
+                resp.release_conn()
+            except Exception:  # releasing is best effort
+                _logger.debug("releasing the watch connection", exc_info=True)
+
+    def apply_event(self, event: Mapping[str, Any]) -> None:
+        kind = event.get("type")
+        obj = event.get("object")
+        if not isinstance(obj, Mapping):
+            return
+        if kind == "ERROR":
+            code = obj.get("code")
+            msg = str(obj.get("message") or obj.get("reason") or "")
+            if code == 410:
+                raise _Gone(msg or "410 Gone")
+            raise _WatchError(f"watch error {code}: {msg}")
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            self._tables.apply(self.kind, kind, obj)
+        meta = obj.get("metadata")
+        rv = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+        if rv:
+            self.rv = str(rv)
+
+    def _connected(self) -> None:
+        self._outage.connected()
+        self._failures = 0
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        status = getattr(exc, "status", None) if isinstance(exc, ApiException) else None
+        grant, missing = _PEER_RBAC[self.kind]
+        if status in (401, 403):
+            self._refused.log(
+                logging.ERROR,
+                "Kubernetes API at %s refused to list/watch %s of the cluster with the credentials of %s (%s): "
+                "%s; retrying (grant %s, %s)",
+                self._server,
+                self.kind,
+                self._credentials,
+                describe(exc),
+                missing if not self.synced.is_set() else "peers are resolved from the last view",
+                grant,
+                RBAC_HINT,
+            )
+        else:
+            self._outage.failed(self.kind, exc)
+
+    def run(self) -> None:
+        need_list, why = True, "start"
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                if need_list:
+                    self.relist(why)
+                    self._connected()
+                    need_list = False
+                    began = time.monotonic()
+                self._watch_once()
+                if time.monotonic() - began > 1.0:
+                    continue  # the server ended the watch (its timeout): watch again at once
+                self._failures += 1  # a watch that ends at once: do not spin
+            except _Gone as exc:
+                need_list, why = True, f"410 Gone: {exc}"
+                if time.monotonic() - began > 1.0:
+                    continue
+                self._failures += 1
+            except _WatchError as exc:
+                if self._stop.is_set():
+                    break
+                need_list, why = True, str(exc)
+                self._failed(exc)
+            except ApiException as exc:
+                if self._stop.is_set():
+                    break
+                if exc.status == 410:
+                    need_list, why = True, "410 Gone"
+                self._failed(exc)
+            except TRANSPORT_ERRORS as exc:
+                if self._stop.is_set():
+                    break
+                self._failed(exc)
+            except Exception as exc:  # never let the feed die: the view would freeze silently
+                if self._stop.is_set():
+                    break
+                _logger.exception("unexpected error watching the cluster's %s", self.kind)
+                need_list, why = True, f"after {type(exc).__name__}"
+                self._failures += 1
+            self._stop.wait(backoff_delay(self._failures, cap=self._backoff_cap))
+
+
+class KubePeerDirectory:
+    """The cluster's pods and Services from the Kubernetes API: a PeerDirectory
+    (otel_podnet.peerinfo) over otel_podnet.peer_index.PeerTables.
+
+    Three daemon threads list and watch pods (with an IP, not finished; all nodes),
+    Services and discovery.k8s.io/v1 EndpointSlices; each keeps only what a lookup needs.
+    Host-network pods are no pod peers: their IPs are the nodes' (:meth:`node_ips`).
+    :meth:`start` returns at once (the agent starts counting; peers are named once the
+    first lists arrive, :meth:`wait_synced`); a refused or unreachable API never stops the
+    agent: lookups answer from the last view."""
+
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        server: str,
+        credentials: str,
+        backoff_cap: float = 10.0,
+        watch_seconds: tuple[int, int] = (300, 600),
+        page_size: int = 100,  # peak memory of a sync: 9 MiB at 100 a page, 31 at 500 (bench/README.md)
+    ) -> None:
+        self.server = server
+        self.tables = PeerTables()
+        self._api = api_client
+        self._stop = threading.Event()
+        core: Any = k8s_client.CoreV1Api(api_client)
+        discovery: Any = k8s_client.DiscoveryV1Api(api_client)
+        common: dict[str, Any] = {
+            "outage": _PeerOutage(server),
+            "server": server,
+            "credentials": credentials,
+            "backoff_cap": backoff_cap,
+            "watch_seconds": watch_seconds,
+            "page_size": page_size,
+        }
+        self.feeds = (
+            _PeerFeed(
+                "pods", core.list_pod_for_all_namespaces, self.tables, self._stop, selector=PEER_POD_SELECTOR, **common
+            ),
+            _PeerFeed("services", core.list_service_for_all_namespaces, self.tables, self._stop, **common),
+            _PeerFeed(
+                "endpointslices", discovery.list_endpoint_slice_for_all_namespaces, self.tables, self._stop, **common
+            ),
+        )
+        self._started = False
+
+    # -- PeerDirectory ----------------------------------------------------------------------
+
+    def pod_by_ip(self, ip: str) -> PeerWorkload | None:
+        return self.tables.pod_by_ip(ip)
+
+    def service_by_ip(self, ip: str) -> ServiceRef | None:
+        return self.tables.service_by_ip(ip)
+
+    def node_ips(self) -> frozenset[str]:
+        """The cluster's node addresses as its host-network pods show them."""
+        return self.tables.node_ips()
+
+    # -- life -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for feed in self.feeds:
+            feed.thread.start()
+
+    def wait_synced(self, timeout: float) -> bool:
+        """True once every feed has listed once, False after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        for feed in self.feeds:
+            if not feed.synced.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        for feed in self.feeds:
+            feed.abort()
+        for feed in self.feeds:
+            if feed.thread.is_alive() and feed.thread is not threading.current_thread():
+                feed.thread.join(timeout=5.0)
+        try:
+            self._api.close()
+        except Exception:  # closing is best effort
+            _logger.debug("closing the API client", exc_info=True)
+
+    close = stop
+
+
+def make_peer_directory(api_client: Any, *, server: str, credentials: str) -> KubePeerDirectory:
+    """A directory of the cluster's pods and Services over ``api_client`` (not started: call
+    :meth:`KubePeerDirectory.start`, and :meth:`KubePeerDirectory.stop` at the end; the
+    directory closes ``api_client`` then, so give it one of its own)."""
+    return KubePeerDirectory(api_client, server=server, credentials=credentials)
+
+
+def open_peer_directory(target: ApiTarget, wait: float = 10.0) -> KubePeerDirectory:
+    """The started directory of the cluster ``target`` points at, with its own API client;
+    waits up to ``wait`` seconds for the first lists (never fails for the API: peers are
+    named once it answers)."""
+    cfg = load_configuration(target)
+    directory = make_peer_directory(
+        k8s_client.ApiClient(configuration=cfg), server=str(cfg.host), credentials=target.description
+    )
+    directory.start()
+    if wait > 0 and not directory.wait_synced(wait):
+        _logger.warning(
+            "peers: the cluster's pods and Services not listed yet after %g s; peers are named once they are", wait
+        )
+    return directory
 
 
 # -- construction -----------------------------------------------------------------------------

@@ -63,7 +63,8 @@ def maybe_api_source(settings: Settings) -> PodSource | None:
     """The API source when a Kubernetes config is available, else None (host mode).
 
     Lists the node's pods before returning (retrying for up to 30 s when the API is
-    unreachable), then keeps watching them in a background thread. Raises ConfigError when
+    unreachable), then keeps watching them in a background thread; with peer metrics on,
+    also the cluster's pods and Services (its ``peer_directory()``). Raises ConfigError when
     the credentials are rejected or lack a permission, or the API stays unreachable."""
     target = choose_target(settings)
     if target is None:
@@ -71,10 +72,18 @@ def maybe_api_source(settings: Settings) -> PodSource | None:
     mode = "in-cluster config" if target.in_cluster else "kubeconfig"
     _logger.info("pod inventory: Kubernetes API, %s (%s), node %s", mode, target.description, settings.node_name)
     try:
-        from .kube import open_source
+        from .kube import KubePodSource, open_source
     except ImportError as exc:
         raise ConfigError(
             f"{target.description}: the Kubernetes API needs the Python package 'kubernetes' ({exc}); "
             "expected it installed with otel-podnet"
         ) from exc
-    return open_source(target, settings.node_name)
+    source = open_source(target, settings.node_name)
+    # peer metrics on (issue 12): the cluster's pods and Services too
+    if settings.max_peers > 0 and isinstance(source, KubePodSource):
+        try:
+            source.start_peer_directory()
+        except BaseException:
+            source.close()
+            raise
+    return source

@@ -239,6 +239,8 @@ def test_every_capability_and_host_mount_is_explained() -> None:
 
 EXPECTED_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
 ]
@@ -246,6 +248,16 @@ EXPECTED_RULES = [
 
 def test_cluster_role_grants_nothing_else() -> None:
     assert _by_kind(_manifest(), "ClusterRole")["rules"] == EXPECTED_RULES
+
+
+def test_every_rbac_rule_is_explained() -> None:
+    """Each rule of the ClusterRole has a comment line just above it."""
+    for path in (MANIFEST, CHART / "templates" / "clusterrole.yaml"):
+        lines = path.read_text().splitlines()
+        rules = [i for i, line in enumerate(lines) if re.fullmatch(r"\s*- apiGroups: .*", line)]
+        assert len(rules) == len(EXPECTED_RULES), path.name
+        for i in rules:
+            assert lines[i - 1].strip().startswith("#"), f"{path.name}:{i + 1}: {lines[i].strip()}"
 
 
 def _install_rbac(api: ApiServer, objs: Sequence[Obj]) -> tuple[str, str]:
@@ -321,6 +333,12 @@ def test_agent_service_account_rbac(api: ApiServer, workload: Obj, source: str) 
     assert status_of("GET", "/api/v1/pods", watch="1", timeoutSeconds="1") == 200
     assert status_of("GET", f"/apis/apps/v1/namespaces/{ns}/replicasets/app-rs") == 200
     assert status_of("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/app-job") == 200
+    # peers: the cluster's pods (above), Services and EndpointSlices, listed and watched
+    assert status_of("GET", "/api/v1/pods", fieldSelector="status.podIP!=,status.phase!=Succeeded") == 200
+    assert status_of("GET", "/api/v1/services") == 200
+    assert status_of("GET", "/api/v1/services", watch="1", timeoutSeconds="1") == 200
+    assert status_of("GET", "/apis/discovery.k8s.io/v1/endpointslices") == 200
+    assert status_of("GET", "/apis/discovery.k8s.io/v1/endpointslices", watch="1", timeoutSeconds="1") == 200
 
     # Denied: everything else.
     forbidden = {
@@ -336,6 +354,14 @@ def test_agent_service_account_rbac(api: ApiServer, workload: Obj, source: str) 
         "list replicasets": status_of("GET", "/apis/apps/v1/replicasets"),
         "list jobs": status_of("GET", "/apis/batch/v1/jobs"),
         "get deployments": status_of("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/x"),
+        "create service": status_of(
+            "POST",
+            f"/api/v1/namespaces/{ns}/services",
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "evil"}, "spec": {"ports": [{"port": 1}]}},
+        ),
+        "service proxy": status_of("GET", f"/api/v1/namespaces/{ns}/services/x/proxy/"),
+        "list endpoints": status_of("GET", "/api/v1/endpoints"),
+        "delete endpointslices": status_of("DELETE", f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"),
         "token request": status_of(
             "POST",
             f"/api/v1/namespaces/{sa_ns}/serviceaccounts/{sa_name}/token",
@@ -354,6 +380,12 @@ def test_agent_service_account_rbac(api: ApiServer, workload: Obj, source: str) 
     assert not api.can_i(token, "create", "pods", namespace=ns, subresource="eviction")
     assert not api.can_i(token, "get", "pods", namespace=ns, subresource="log")
     assert not api.can_i(token, "*", "*", group="*")
+    assert api.can_i(token, "watch", "services") and api.can_i(
+        token, "watch", "endpointslices", group="discovery.k8s.io"
+    )
+    for verb in ("create", "update", "patch", "delete"):
+        assert not api.can_i(token, verb, "services", namespace=ns), verb
+        assert not api.can_i(token, verb, "endpointslices", group="discovery.k8s.io", namespace=ns), verb
 
     # And as a client of the agent would see it, through a kubeconfig.
     kubeconfig = api.kubeconfig_for_token(token)
