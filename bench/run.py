@@ -283,6 +283,7 @@ def main() -> None:
             # ns per run, with statistics on, keyed by the measured process's program ids
             per_run: dict[str, dict[str, dict[str, list[float]]]] = {"wrk": {}, "iperf3": {}}
             runs_per: dict[str, dict[str, list[float]]] = {"wrk": {}, "iperf3": {}}
+            ns_per: dict[str, list[float]] = {}  # program -> ns per wrk connection (its runs)
             for r in range(a.stats_rounds):
                 for mode in ("floor", "agent") if r % 2 == 0 else ("agent", "floor"):
                     running = start(mode)
@@ -303,8 +304,9 @@ def main() -> None:
                                     avg = (ns - before[i][1]) / (cnt - before[i][2])
                                     per_run[load].setdefault(mode, {}).setdefault(name, []).append(avg)
                                     if load == "wrk" and rate:
-                                        per_conn = (cnt - before[i][2]) / (rate * a.seconds)
-                                        runs_per[load].setdefault(name, []).append(per_conn)
+                                        conns = rate * a.seconds
+                                        runs_per[load].setdefault(name, []).append((cnt - before[i][2]) / conns)
+                                        ns_per[name] = [*ns_per.get(name, []), (ns - before[i][1]) / conns]
                     finally:
                         running.close()
         finally:
@@ -333,7 +335,11 @@ def main() -> None:
                 agent = statistics.median(xs)
                 extra = ""
                 if load == "wrk" and runs_per[load].get(name):
-                    extra = f"   runs per connection {statistics.median(runs_per[load][name]):5.2f}"
+                    net_conn = statistics.median(ns_per[name]) - statistics.median(ns_per.get(floor_name, [0.0]))
+                    extra = (
+                        f"   runs per connection {statistics.median(runs_per[load][name]):5.2f}"
+                        f"   net ns per connection {net_conn:6.0f}"
+                    )
                 print(
                     f"  {hook:<8} floor {floor:6.1f}   {name:<15} {agent:6.1f} ({spread(xs)})"
                     f"   net {agent - floor:6.1f}{extra}"
