@@ -212,6 +212,9 @@ def wrk(node: SimNode, client: SimPod, server: SimPod, port: int, seconds: int) 
     m = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
     if not m:
         raise RuntimeError(f"wrk printed no rate: {out}")
+    errors = re.search(r"^\s*(Socket errors:.*|Non-2xx.*)$", out, re.M)
+    if errors:  # a stall shows here (timeouts), not only as a low rate
+        print(f"  wrk: {errors.group(1).strip()}", flush=True)
     return float(m.group(1))
 
 

@@ -22,7 +22,8 @@
  *   writes. cgroup_skb ingress runs in the receive path (sk_filter() from tcp_v4_rcv(),
  *   udp_queue_rcv_one_skb(), ...), always with bottom halves off: two of its runs never
  *   overlap on one CPU, and nothing else writes those two fields, so plain adds are exact
- *   there and save two locked instructions per received packet.
+ *   there and save two locked instructions per received packet (the kernel's own per-CPU
+ *   counters on that path, __TCP_INC_STATS() in tcp_v4_rcv(), rely on the same).
  * - Bytes and packets are counted as on the wire: a GSO/GRO skb of n segments counts n
  *   packets and n copies of its IP+L4 headers. TCP payload is the skb minus its headers.
  * - The programs never drop: cgroup_skb always returns 1.
