@@ -5,9 +5,11 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 ethtool iperf3 openssl ca-certificates \
 	prometheus tmux qemu-system-x86 kmod busybox-static file iptables
+# what only `make bench` runs: a high-rate HTTP client and server, and perf for profiles
+BENCH_PACKAGES := wrk nginx-light linux-perf
 PYTEST_ARGS ?=
 
-.PHONY: setup apt stop-packaged-prometheus pip bpf demo test test-kernels test-cluster cluster-node unit kernel e2e e2e-tools cluster-tools images lint bench clean
+.PHONY: setup apt bench-apt stop-packaged-prometheus pip bpf demo test test-kernels test-cluster cluster-node unit kernel e2e e2e-tools cluster-tools images lint bench clean
 
 setup: apt pip bpf
 
@@ -100,7 +102,20 @@ test: setup e2e-tools cluster-node lint
 	$(PYTHON) -m pytest tests/unit tests/kernel tests/e2e tests/cluster $(PYTEST_ARGS); tests=$$?; \
 	[ $$matrix -eq 0 ] && [ $$tests -eq 0 ]
 
-bench: setup
+# Debian's nginx packages start their own nginx on install: the bench runs its own inside a
+# simulated pod, so a service that this install started is stopped again.
+bench-apt:
+	@missing=$$(for p in $(BENCH_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		case " $$(echo $$missing) " in *" nginx-light "*) \
+			if [ -d /run/systemd/system ]; then systemctl disable --now nginx.service >/dev/null 2>&1 || true; \
+			elif [ -x /etc/init.d/nginx ]; then /etc/init.d/nginx stop >/dev/null 2>&1 || true; fi;; esac; \
+	fi
+
+bench: setup bench-apt
 	$(PYTHON) bench/run.py
 
 clean:

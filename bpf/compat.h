@@ -32,8 +32,13 @@ struct sock_cgroup_data___old {
 
 static __always_inline __u64 podnet_sk_cgroup_id(const struct sock *sk)
 {
-	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup))
-		return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup)) {
+		/* direct (relocated) reads: every caller holds a BTF pointer (tp_btf); issue 10 */
+		struct cgroup *cg = sk->sk_cgrp_data.cgroup;
+		struct kernfs_node *kn = cg ? cg->kn : NULL;
+
+		return kn ? kn->id : 0;
+	}
 
 	struct sock_cgroup_data___old *old = (void *)&sk->sk_cgrp_data;
 	__u64 val = BPF_CORE_READ(old, val);
@@ -44,11 +49,12 @@ static __always_inline __u64 podnet_sk_cgroup_id(const struct sock *sk)
 
 /*
  * sk_protocol was an 8-bit bitfield until v5.6, commit bf9765145b85
- * ("sock: Make sk_protocol a 16-bit value"); the probed bitfield read handles both.
+ * ("sock: Make sk_protocol a 16-bit value"); the relocated bitfield read handles both.
  */
 static __always_inline __u32 podnet_sk_protocol(const struct sock *sk)
 {
-	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+	/* a direct (relocated) read: every caller holds a BTF pointer (tp_btf); issue 10 */
+	return BPF_CORE_READ_BITFIELD(sk, sk_protocol);
 }
 
 /*

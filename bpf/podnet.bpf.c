@@ -17,7 +17,13 @@
  *   resolve again on its next packet.
  * - Per packet: one socket-storage lookup, then inlined array accesses. Counters are
  *   per-CPU, updated with atomic adds: a softirq egress (an ACK, a retransmit) can interrupt
- *   a process-context egress on the same CPU, so a plain += could lose an update.
+ *   a process-context egress on the same CPU, so a plain += could lose an update. The one
+ *   exception (issue 10): the received bytes and packets, which only the ingress program
+ *   writes. cgroup_skb ingress runs in the receive path (sk_filter() from tcp_v4_rcv(),
+ *   udp_queue_rcv_one_skb(), ...), always with bottom halves off: two of its runs never
+ *   overlap on one CPU, and nothing else writes those two fields, so plain adds are exact
+ *   there and save two locked instructions per received packet (the kernel's own per-CPU
+ *   counters on that path, __TCP_INC_STATS() in tcp_v4_rcv(), rely on the same).
  * - Bytes and packets are counted as on the wire: a GSO/GRO skb of n segments counts n
  *   packets and n copies of its IP+L4 headers. TCP payload is the skb minus its headers.
  * - The programs never drop: cgroup_skb always returns 1.
@@ -66,6 +72,8 @@
 #define TCP_SYN_SENT	2
 #define TCP_SYN_RECV	3
 #define TCP_CLOSE	7
+#define TCP_CLOSE_WAIT	8
+#define TCP_LAST_ACK	9
 #define TCP_LISTEN	10
 
 /* States in which rcv_nxt is the peer's stream position (SYN seen, not a listener). */
@@ -479,6 +487,11 @@ static __always_inline void count_wire(struct podnet_counters *c, struct __sk_bu
 {
 	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
 
+	if (io == PODNET_RX) {	/* ingress only, bottom halves off: see the design notes */
+		c->bytes[io][pi->transport] += skb->len + (segs - 1) * pi->hdr_len;
+		c->packets[io][pi->transport] += segs;
+		return;
+	}
 	__sync_fetch_and_add(&c->bytes[io][pi->transport], skb->len + (segs - 1) * pi->hdr_len);
 	__sync_fetch_and_add(&c->packets[io][pi->transport], segs);
 }
@@ -788,12 +801,27 @@ int podnet_egress(struct __sk_buff *skb)
 
 /* ---- tracepoints: connections and TCP events ------------------------------------------ */
 
+/*
+ * Reads in the tracepoints (issue 10). tp_btf hands the programs BTF-typed kernel pointers,
+ * which they may load from directly: still CO-RE (the declarations in podnet_kernel.h carry
+ * preserve_access_index, so libbpf relocates every offset against the running kernel), and
+ * the JIT turns each into a plain load guarded by an exception-table entry, where
+ * BPF_CORE_READ is a bpf_probe_read_kernel() call per field: about 15-20 ns each, five to
+ * eight per run in podnet_state. Every read on a socket's state-change path is direct;
+ * tcp_sock fields are reached through bpf_skc_to_tcp_sock() (a pointer cast the verifier
+ * checks; a cast in C would not be accepted beyond struct sock). All of it is in 6.1.
+ */
 static __always_inline void sk_local_ip(const struct sock *sk, struct podnet_ip_key *key)
 {
-	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET)
-		ip_key_v4(key, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+	if (sk->__sk_common.skc_family == AF_INET)
+		ip_key_v4(key, sk->__sk_common.skc_rcv_saddr);
 	else
-		BPF_CORE_READ_INTO(key->addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		__builtin_memcpy(key->addr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+}
+
+static __always_inline struct tcp_sock *sk_tcp(const struct sock *sk)
+{
+	return bpf_skc_to_tcp_sock((void *)sk);
 }
 
 /*
@@ -802,18 +830,21 @@ static __always_inline void sk_local_ip(const struct sock *sk, struct podnet_ip_
  */
 static __always_inline bool sk_on_loopback(const struct sock *sk)
 {
-	struct dst_entry *dst = BPF_CORE_READ(sk, sk_dst_cache);
+	struct dst_entry *dst = sk->sk_dst_cache;	/* direct reads: see sk_local_ip */
 	__u8 d[16], s[16];
 
-	if (dst)
-		return BPF_CORE_READ(dst, dev, ifindex) == LOOPBACK_IFINDEX;
-	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET) {
-		__be32 da = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+	if (dst) {
+		struct net_device *dev = dst->dev;
 
-		return (bpf_ntohl(da) >> 24) == 127 || da == BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		return dev && dev->ifindex == LOOPBACK_IFINDEX;
 	}
-	BPF_CORE_READ_INTO(&d, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-	BPF_CORE_READ_INTO(&s, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	if (sk->__sk_common.skc_family == AF_INET) {
+		__be32 da = sk->__sk_common.skc_daddr;
+
+		return (bpf_ntohl(da) >> 24) == 127 || da == sk->__sk_common.skc_rcv_saddr;
+	}
+	__builtin_memcpy(d, &sk->__sk_common.skc_v6_daddr, 16);
+	__builtin_memcpy(s, &sk->__sk_common.skc_v6_rcv_saddr, 16);
 	if (__builtin_memcmp(d, s, 16) == 0)
 		return true;
 	for (int i = 0; i < 10; i++)
@@ -866,7 +897,7 @@ static __always_inline struct podnet_counters *sk_counters(const struct sock *sk
 /* Request and timewait mini-sockets have no storage (and no cgroup of their own). */
 static __always_inline bool sk_is_full(const struct sock *sk)
 {
-	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	__u8 state = sk->__sk_common.skc_state;	/* direct: see sk_local_ip */
 
 	return state != BPF_TCP_TIME_WAIT && state != BPF_TCP_NEW_SYN_RECV;
 }
@@ -897,6 +928,7 @@ static __always_inline __u32 fail_reason(int err)
 static __always_inline void latency_state(const struct sock *sk, struct podnet_sock *st,
 					  struct podnet_counters *c, int oldstate, int newstate)
 {
+	struct tcp_sock *tp;
 	__u64 srtt;
 
 	if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE) {
@@ -912,15 +944,15 @@ static __always_inline void latency_state(const struct sock *sk, struct podnet_s
 		if (oldstate == TCP_SYN_SENT && st->syn_ns && now > st->syn_ns) {
 			hist_add(&c->connect[PODNET_OUTBOUND], now - st->syn_ns);
 			st->syn_ns = 0;
-		} else if (oldstate == TCP_SYN_RECV) {
-			srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+		} else if (oldstate == TCP_SYN_RECV && (tp = sk_tcp(sk))) {
+			srtt = tp->srtt_us >> 3;
 			if (srtt)
 				hist_add(&c->connect[PODNET_INBOUND], srtt * 1000);
 		}
 		return;
 	}
-	if (oldstate == TCP_ESTABLISHED && (st->flags & PODNET_SK_ESTABLISHED)) {
-		srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+	if (oldstate == TCP_ESTABLISHED && (st->flags & PODNET_SK_ESTABLISHED) && (tp = sk_tcp(sk))) {
+		srtt = tp->srtt_us >> 3;
 		if (srtt)
 			hist_add(&c->rtt[sk_dir(st)], srtt * 1000);
 	}
@@ -931,10 +963,24 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 {
 	struct podnet_counters *c;
 	struct podnet_sock *st;
+	struct tcp_sock *tp;
 	__u32 old;
 
 	/* Early exit for the transitions we do not count (or read rcv_nxt at: the close). */
 	if (newstate != TCP_ESTABLISHED && oldstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
+		return 0;
+	/*
+	 * Closes that change nothing (issue 10): a listener's, a child's that never reached
+	 * ESTABLISHED (nothing was counted for it), and the passive closer's last step
+	 * (CLOSE_WAIT or LAST_ACK to CLOSE): the peer's FIN came before, no byte can follow it,
+	 * and rcv_nxt was read when it arrived (ESTABLISHED -> CLOSE_WAIT runs in tcp_fin(),
+	 * after the FIN moved rcv_nxt). Without it, each such socket would also take storage
+	 * and resolve here. The transitions a close counts stay: SYN_SENT (a failure),
+	 * ESTABLISHED, FIN_WAIT1/2 and CLOSING (rcv_nxt, when no packet of ours followed).
+	 */
+	if (newstate == TCP_CLOSE && (oldstate == TCP_CLOSE_WAIT || oldstate == TCP_LAST_ACK ||
+				      oldstate == TCP_LISTEN || oldstate == TCP_SYN_RECV ||
+				      oldstate == TCP_CLOSE))
 		return 0;
 	if (podnet_sk_protocol(sk) != IPPROTO_TCP || sk_on_loopback(sk))
 		return 0;
@@ -945,8 +991,8 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 	latency_state(sk, st, c, oldstate, newstate);	/* latency (issue 11) */
 
 	/* The last received bytes, when no packet of ours follows them (a close). */
-	if (rcv_nxt_valid(oldstate) || newstate == TCP_ESTABLISHED) {
-		__u32 fresh = advance_rx(st, BPF_CORE_READ((struct tcp_sock *)sk, rcv_nxt));
+	if ((rcv_nxt_valid(oldstate) || newstate == TCP_ESTABLISHED) && (tp = sk_tcp(sk))) {
+		__u32 fresh = advance_rx(st, tp->rcv_nxt);
 
 		if (fresh)
 			__sync_fetch_and_add(&c->payload[PODNET_RX], fresh);

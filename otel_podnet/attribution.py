@@ -349,9 +349,9 @@ class Attributor:
         once more with ``final=True`` and then forgotten."""
         totals: dict[str, Counters] = dict(self._carried)
         live = self._maps.read_slots([abi.SLOT_NODE, *self._slot_owner])
-        totals[NODE] = totals.get(NODE, Counters()) + live[abi.SLOT_NODE]
-        for slot, owner in self._slot_owner.items():
-            totals[owner] = totals.get(owner, Counters()) + live[slot]
+        for slot, owner in ((abi.SLOT_NODE, NODE), *self._slot_owner.items()):
+            before = totals.get(owner)  # most owners have one slot and nothing carried
+            totals[owner] = live[slot] if before is None else before + live[slot]
         for uid in pods:
             totals.setdefault(uid, Counters())
         live_owners = set(self._slot_owner.values()) | set(self._pod_slot) | set(self._ip_slot)

@@ -84,6 +84,7 @@ class CgroupIndex:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root_str = str(root)
         self._by_id: dict[int, CgroupInfo] = {}
         self._scanned_this_round = False
         self.scans = 0
@@ -103,8 +104,8 @@ class CgroupIndex:
 
     def exists(self, info: CgroupInfo) -> bool:
         """Whether that cgroup directory is still there (and still the same cgroup)."""
-        try:
-            return os.stat(self.root / info.relpath).st_ino == info.cgid
+        try:  # a string join, not a Path: this runs per pod cgroup per interval (issue 10)
+            return os.stat(f"{self._root_str}/{info.relpath}").st_ino == info.cgid
         except OSError:
             return False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -92,10 +93,15 @@ class Counters:
         return cls(*v[:n], hist=v[n:] or HIST_ZERO)  # type: ignore[arg-type, misc]
 
     def values(self) -> tuple[int, ...]:
-        return tuple(getattr(self, f) for f in COUNTER_FIELDS) + self.hist
+        return _counter_fields(self) + self.hist
 
     def __add__(self, other: Counters) -> Counters:
-        return Counters.from_values(a + b for a, b in zip(self.values(), other.values(), strict=True))
+        # zero is common (a pod's IP-fallback slot beside its cgroup's): no new object
+        if other is ZERO:
+            return self
+        if self is ZERO:
+            return other
+        return Counters.from_values(map(operator.add, self.values(), other.values()))
 
     def histogram(self, name: str) -> Histogram:
         """One of abi.HISTOGRAMS: ``connect_out``, ``connect_in``, ``rtt_out``, ``rtt_in``."""
@@ -141,7 +147,8 @@ class Counters:
 
 assert tuple(f.name for f in dataclasses.fields(Counters)) == (*COUNTER_FIELDS, "hist")
 
-ZERO = Counters()
+_counter_fields = operator.attrgetter(*COUNTER_FIELDS)
+ZERO = Counters()  # the one zero: datapath.read_slots returns it for an all-zero slot
 
 
 @dataclass(frozen=True)
