@@ -546,7 +546,8 @@ def tables(r: Run, source: str) -> tuple[dict[str, float], dict[str, float]]:
     capacity = {
         k: v for k, v in by(r.raw[source]["podnet_agent_map_capacity"], "podnet_map").items() if isinstance(k, str)
     }
-    assert capacity == {k: r.agent_metrics[f"podnet_agent_map_capacity:{k}"] for k in ("slots", "cgroups", "pod_ips")}
+    assert set(capacity) == {"slots", "cgroups", "pod_ips", "peers"}
+    assert capacity == {k: r.agent_metrics[f"podnet_agent_map_capacity:{k}"] for k in capacity}
     return entries, capacity
 
 
