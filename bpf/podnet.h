@@ -116,7 +116,13 @@ struct podnet_sock {
 	/* latency (issue 11) */
 	__u64 syn_ns;		/* outbound: when its first SYN left (skb->tstamp) */
 	__u64 rtt_next_ns;	/* the next periodic RTT sample is due (skb->tstamp clock) */
+	/* exact retransmits and state changes (see podnet_retrans, podnet_state2) */
+	__u32 retrans_seen;	/* the socket's tcp_sock.total_retrans already counted */
+	__u32 ev_note;		/* PODNET_EV_NOTE of the state change podnet_state counted last */
 };
+
+/* podnet_sock.ev_note: a state change (never 0) */
+#define PODNET_EV_NOTE(oldstate, newstate)	(0x10000U | ((__u32)(oldstate) << 8) | (__u32)(newstate))
 
 /* Agent health counters (podnet_health, per-CPU array). */
 enum podnet_health {
