@@ -37,6 +37,10 @@
  *   address of the socket's own namespace, which the kernel also routes over lo) are
  *   skipped by their ifindex before anything else; the tracepoints skip sockets whose
  *   route leaves through lo, so such connections are never opened, closed or failed.
+ * - Exactly what the kernel counts: retransmits by the socket's tcp_sock.total_retrans
+ *   (SYN-ACKs sent again through tcp:tcp_retransmit_synack), and two programs on each of
+ *   the state and retransmit tracepoints, because the kernel skips a program whose
+ *   tracepoint fires while it runs (see state_change).
  */
 #include <stdbool.h>
 #include <linux/bpf.h>
