@@ -52,6 +52,10 @@
  *   The remote address is the socket's: inside the pod's namespace a connection to a
  *   Service has the ClusterIP (kube-proxy translates it in the node's namespace), which the
  *   agent maps to the Service's backends. podnet_peer_rows = 0 turns all of it off.
+ * - Exactly what the kernel counts: retransmits by the socket's tcp_sock.total_retrans
+ *   (SYN-ACKs sent again through tcp:tcp_retransmit_synack), and two programs on each of
+ *   the state and retransmit tracepoints, because the kernel skips a program whose
+ *   tracepoint fires while it runs (see state_change).
  */
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -707,6 +711,13 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		if (full && full->type == SOCK_RAW && full->protocol == IPPROTO_TCP)
 			reply = PODNET_SK_REPLY;
 		old = __sync_fetch_and_or(&st->flags, PODNET_SK_RESOLVED | reply);
+		if (!(old & PODNET_SK_RESOLVED) && pi.transport == PODNET_TCP) {
+			/* first sight: retransmits count from here on (see retrans_catch_up) */
+			struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+
+			if (tp)
+				st->retrans_seen = tp->total_retrans;
+		}
 		/*
 		 * First sight of an established TCP socket: it was established before the
 		 * agent, so adopt it as active. A connection that established while we
@@ -824,27 +835,18 @@ static __always_inline struct tcp_sock *sk_tcp(const struct sock *sk)
 	return bpf_skc_to_tcp_sock((void *)sk);
 }
 
-/*
- * A connection over lo: its route's device, and without a route (not set yet, or reset)
- * its addresses: a loopback peer, or the socket's own address.
- */
-static __always_inline bool sk_on_loopback(const struct sock *sk)
+/* Addresses the kernel routes over lo: a loopback peer, or the socket's own address. */
+static __always_inline bool skc_on_loopback(const struct sock_common *skc)
 {
-	struct dst_entry *dst = sk->sk_dst_cache;	/* direct reads: see sk_local_ip */
 	__u8 d[16], s[16];
 
-	if (dst) {
-		struct net_device *dev = dst->dev;
+	if (BPF_CORE_READ(skc, skc_family) == AF_INET) {
+		__be32 da = BPF_CORE_READ(skc, skc_daddr);
 
-		return dev && dev->ifindex == LOOPBACK_IFINDEX;
+		return (bpf_ntohl(da) >> 24) == 127 || da == BPF_CORE_READ(skc, skc_rcv_saddr);
 	}
-	if (sk->__sk_common.skc_family == AF_INET) {
-		__be32 da = sk->__sk_common.skc_daddr;
-
-		return (bpf_ntohl(da) >> 24) == 127 || da == sk->__sk_common.skc_rcv_saddr;
-	}
-	__builtin_memcpy(d, &sk->__sk_common.skc_v6_daddr, 16);
-	__builtin_memcpy(s, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+	BPF_CORE_READ_INTO(&d, skc, skc_v6_daddr.in6_u.u6_addr8);
+	BPF_CORE_READ_INTO(&s, skc, skc_v6_rcv_saddr.in6_u.u6_addr8);
 	if (__builtin_memcmp(d, s, 16) == 0)
 		return true;
 	for (int i = 0; i < 10; i++)
@@ -853,6 +855,22 @@ static __always_inline bool sk_on_loopback(const struct sock *sk)
 	if (d[10] == 0xff && d[11] == 0xff)	/* ::ffff:127.0.0.0/104 */
 		return d[12] == 127;
 	return !d[10] && !d[11] && !d[12] && !d[13] && !d[14] && d[15] == 1;	/* ::1 */
+}
+
+/*
+ * A connection over lo: its route's device, and without a route (not set yet, or reset)
+ * its addresses.
+ */
+static __always_inline bool sk_on_loopback(const struct sock *sk)
+{
+	struct dst_entry *dst = sk->sk_dst_cache;	/* direct reads: see sk_local_ip */
+
+	if (dst) {
+		struct net_device *dev = dst->dev;
+
+		return dev && dev->ifindex == LOOPBACK_IFINDEX;
+	}
+	return skc_on_loopback(&sk->__sk_common);
 }
 
 /* Socket storage for a full socket, resolved; NULL if none can be had. */
@@ -877,7 +895,9 @@ static __always_inline struct podnet_sock *sk_state(const struct sock *sk)
 			peer_resolve(st, st->slot,
 				     BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN, &remote);
 		}
-		__sync_fetch_and_or(&st->flags, PODNET_SK_RESOLVED);
+		/* first sight: retransmits count from here on (every caller's socket is TCP) */
+		if (!(__sync_fetch_and_or(&st->flags, PODNET_SK_RESOLVED) & PODNET_SK_RESOLVED))
+			st->retrans_seen = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
 	}
 	return st;
 }
@@ -958,14 +978,58 @@ static __always_inline void latency_state(const struct sock *sk, struct podnet_s
 	}
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int newstate)
+/*
+ * Retransmitted segments, exactly as the kernel's RetransSegs counts them: by the socket's
+ * own tcp_sock.total_retrans, which the kernel adds to right beside RetransSegs (the
+ * segments of the retransmit, before it is sent), not by tracepoint hits. The tracepoint
+ * fires only for retransmits that were sent on kernels before "tcp: trace retransmit
+ * failures" (which gave it its err argument, as 6.18 has it), for every attempt, sent or
+ * not, since; and a hit can be skipped (see state_change). Whatever a hit misses, the
+ * next one or the close catches up.
+ * A fresh storage starts from the socket's figure at first sight (sk_state, count_skb).
+ */
+static __always_inline void retrans_catch_up(const struct sock *sk, struct podnet_sock *st,
+					     struct podnet_counters *c)
+{
+	__u32 total = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
+	__u32 fresh = total - st->retrans_seen;
+
+	if (!fresh)
+		return;
+	if ((__s32)fresh < 0)	/* reset behind our back (tcp_disconnect): all new */
+		fresh = total;
+	st->retrans_seen = total;
+	__sync_fetch_and_add(&c->retransmits, fresh);
+}
+
+/*
+ * Exactly once per state change, with two programs. Since 6.2 the kernel skips a raw
+ * tracepoint program (__bpf_trace_run counts it in the program's recursion_misses) when
+ * the tracepoint fires while that same program runs on the CPU: a state change in a softirq (a SYN timing out, a RST arriving) that
+ * interrupts podnet_state running in process context for another socket (a connect, a
+ * close) was lost. podnet_state2, a second program on the same tracepoint, attached
+ * after it (so it runs after it), is never active when podnet_state is interrupted, and
+ * the other way round: one of the two always runs. podnet_state notes the change in the
+ * socket's storage (ev_note); podnet_state2 finds the note and only clears it, or finds
+ * none and counts the change itself. One socket's state changes never interleave (the
+ * socket lock), so a note is always this change's: a stale one (podnet_state2 skipped)
+ * has other states than the next change counted, as the new state of one change is the
+ * old state of the next, and a new connect (CLOSE -> SYN_SENT) clears it anyway.
+ */
+static __always_inline int state_change(const struct sock *sk, const int oldstate, const int newstate,
+					const bool second)
 {
 	struct podnet_counters *c;
 	struct podnet_sock *st;
 	struct tcp_sock *tp;
 	__u32 old;
 
+	if (newstate == TCP_SYN_SENT) {	/* a new attempt: no note of the last one stays */
+		st = bpf_sk_storage_get(&podnet_socks, (void *)sk, 0, 0);
+		if (st)
+			st->ev_note = 0;
+		return 0;
+	}
 	/* Early exit for the transitions we do not count (or read rcv_nxt at: the close). */
 	if (newstate != TCP_ESTABLISHED && oldstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
 		return 0;
@@ -982,11 +1046,25 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 				      oldstate == TCP_LISTEN || oldstate == TCP_SYN_RECV ||
 				      oldstate == TCP_CLOSE))
 		return 0;
+	if (second) {
+		st = bpf_sk_storage_get(&podnet_socks, (void *)sk, 0, 0);
+		if (st && st->ev_note == PODNET_EV_NOTE(oldstate, newstate)) {
+			st->ev_note = 0;	/* podnet_state counted it */
+			return 0;
+		}
+	}
 	if (podnet_sk_protocol(sk) != IPPROTO_TCP || sk_on_loopback(sk))
 		return 0;
 	c = sk_counters(sk, &st);
 	if (!c)
 		return 0;
+	if (!second)
+		st->ev_note = PODNET_EV_NOTE(oldstate, newstate);
+	if (newstate == TCP_CLOSE) {
+		/* the retransmits whose hit was missed; tcp_disconnect() zeroes total_retrans */
+		retrans_catch_up(sk, st, c);
+		st->retrans_seen = 0;
+	}
 
 	latency_state(sk, st, c, oldstate, newstate);	/* latency (issue 11) */
 
@@ -1034,21 +1112,67 @@ int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int 
 	return 0;
 }
 
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(podnet_retrans, const struct sock *sk, const struct sk_buff *skb)
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(podnet_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	return state_change(sk, oldstate, newstate, false);
+}
+
+/* The changes podnet_state was skipped for (see state_change); attached after it. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(podnet_state2, const struct sock *sk, const int oldstate, const int newstate)
+{
+	return state_change(sk, oldstate, newstate, true);
+}
+
+static __always_inline int on_retransmit(const struct sock *sk)
 {
 	struct podnet_counters *c;
-	struct skb_shared_info *shinfo;
-	__u32 segs;
+	struct podnet_sock *st;
 
 	if (sk_on_loopback(sk))
 		return 0;
-	c = sk_counters(sk, NULL);
-	if (!c)
+	c = sk_counters(sk, &st);
+	if (c)
+		retrans_catch_up(sk, st, c);
+	return 0;
+}
+
+/*
+ * Two programs here too, for the hits the kernel skips (see state_change); counting by
+ * total_retrans makes the second run of a hit add nothing. A hit inside a retransmit that
+ * failed early (6.17+: still in the host queue, no memory) adds nothing either.
+ */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(podnet_retrans, const struct sock *sk)
+{
+	return on_retransmit(sk);
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(podnet_retrans2, const struct sock *sk)
+{
+	return on_retransmit(sk);
+}
+
+/*
+ * A SYN-ACK sent again for a request (tcp_rtx_synack): RetransSegs counts it, and so does
+ * its listener, once the kernel has sent it (the tracepoint fires only then). Over lo it is
+ * no network traffic; the request's addresses say (the listener's own do not). A passive
+ * Fast Open child is a full socket that adds it to its own total_retrans.
+ */
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(podnet_synack, const struct sock *sk, const struct request_sock *req)
+{
+	struct podnet_counters *c;
+
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN)
+		return on_retransmit(sk);
+	if (skc_on_loopback(&req->__req_common))
 		return 0;
-	shinfo = (void *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
-	segs = BPF_CORE_READ(shinfo, gso_segs);
-	__sync_fetch_and_add(&c->retransmits, segs ? segs : 1);
+	c = sk_counters(sk, NULL);
+	if (c)
+		__sync_fetch_and_add(&c->retransmits, 1);
 	return 0;
 }
 

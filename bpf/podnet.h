@@ -120,7 +120,13 @@ struct podnet_sock {
 	 * resolved with slot/gen; PODNET_PEER_NONE: looked up per packet (see podnet.bpf.c) */
 	__u32 peer_row;
 	__u32 peer_pad;
+	/* exact retransmits and state changes (see podnet_retrans, podnet_state2) */
+	__u32 retrans_seen;	/* the socket's tcp_sock.total_retrans already counted */
+	__u32 ev_note;		/* PODNET_EV_NOTE of the state change podnet_state counted last */
 };
+
+/* podnet_sock.ev_note: a state change (never 0) */
+#define PODNET_EV_NOTE(oldstate, newstate)	(0x10000U | ((__u32)(oldstate) << 8) | (__u32)(newstate))
 
 /* Agent health counters (podnet_health, per-CPU array). */
 enum podnet_health {

@@ -52,6 +52,11 @@ struct sock {
 struct tcp_sock {
 	__u32 rcv_nxt;
 	__u32 srtt_us;			/* smoothed RTT << 3, in microseconds */
+	__u32 total_retrans;		/* segments retransmitted, as RetransSegs counts them */
+};
+
+struct request_sock {
+	struct sock_common __req_common;
 };
 
 struct sk_buff {

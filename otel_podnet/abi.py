@@ -59,6 +59,26 @@ class PodnetIpVal(ctypes.Structure):
     _fields_ = [("slot", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
+class PodnetSock(ctypes.Structure):
+    """Socket storage (struct podnet_sock): the kernel's alone, mirrored for its size."""
+
+    _fields_ = [
+        ("slot", ctypes.c_uint32),
+        ("gen", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("fin_seq", ctypes.c_uint32),
+        ("open_slot", ctypes.c_uint32),
+        ("pad_line", ctypes.c_uint8 * 44),
+        ("seq_hw", ctypes.c_uint64 * 2),
+        ("syn_ns", ctypes.c_uint64),
+        ("rtt_next_ns", ctypes.c_uint64),
+        ("peer_row", ctypes.c_uint32),
+        ("peer_pad", ctypes.c_uint32),
+        ("retrans_seen", ctypes.c_uint32),
+        ("ev_note", ctypes.c_uint32),
+    ]
+
+
 class PodnetConfig(ctypes.Structure):
     _fields_ = [("ephemeral_lo", ctypes.c_uint16), ("ephemeral_hi", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
 
@@ -89,14 +109,14 @@ class PodnetPeerOwner(ctypes.Structure):
 # Every map the agent reads or writes, with the ctypes key and value it uses for it: compared
 # with the object's own sizes at open (datapath.check_abi), so that a podnet.h changed without
 # this file refuses to run instead of reading garbage. None: a side the agent never touches
-# (a queue has no key; socket storage values are the kernel's business; .bss and .rodata
-# are checked per variable below).
+# (a queue has no key; .bss and .rodata are checked per variable below). Socket storage
+# values are the kernel's business, but their size is checked all the same.
 MAPS: dict[str, tuple[type[Any] | None, type[Any] | None]] = {
     "podnet_stats": (ctypes.c_uint32, PodnetCounters),
     "podnet_freeslot": (None, ctypes.c_uint32),
     "podnet_cgroups": (ctypes.c_uint64, PodnetCgroup),
     "podnet_pod_ips": (PodnetIpKey, PodnetIpVal),
-    "podnet_socks": (ctypes.c_int, None),
+    "podnet_socks": (ctypes.c_int, PodnetSock),
     "podnet_health": (ctypes.c_uint32, ctypes.c_uint64),
     "podnet_peer_stats": (ctypes.c_uint32, PodnetPeerCounters),
     "podnet_peer_idx": (PodnetPeerKey, PodnetPeerVal),

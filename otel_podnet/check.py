@@ -13,7 +13,7 @@ from pathlib import Path
 from . import abi, libbpf
 from .capacity import Capacity
 from .cgroups import CgroupError, find_cgroup2_mount
-from .datapath import AbiMismatch, Datapath, DatapathConfig, default_object_path
+from .datapath import PROGRAMS_CGROUP, PROGRAMS_TRACING, AbiMismatch, Datapath, DatapathConfig, default_object_path
 from .settings import ConfigError, parse_max_pods
 
 # The kernel matrix (tests/matrix: Debian's 6.1 and 6.12 under QEMU) and CI's own kernel
@@ -129,7 +129,7 @@ def _hooks(cgroup_root: Path | None, obj: Path, capacity: Capacity) -> list[Chec
     try:
         dp.open_and_load()
         out.append(CheckResult("abi", True, "every map and global matches otel_podnet/abi.py"))
-        out.append(CheckResult("verifier", True, "all 6 programs load"))
+        out.append(CheckResult("verifier", True, f"all {len(PROGRAMS_TRACING) + len(PROGRAMS_CGROUP)} programs load"))
         if dp.degraded:
             out += [CheckResult("degraded", True, d.line(), warn=True) for d in dp.degraded]
         else:
@@ -140,7 +140,7 @@ def _hooks(cgroup_root: Path | None, obj: Path, capacity: Capacity) -> list[Chec
                 "hooks",
                 True,
                 "attached and detached: cgroup_skb ingress/egress, tp_btf inet_sock_set_state, "
-                "tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset",
+                "tcp_retransmit_skb, tcp_retransmit_synack, tcp_send_reset, tcp_receive_reset",
             )
         )
     except AbiMismatch as exc:

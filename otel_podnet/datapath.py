@@ -21,7 +21,16 @@ from .samples import ZERO, Counters
 
 _logger = getLogger(__name__)
 
-PROGRAMS_TRACING = ("podnet_state", "podnet_retrans", "podnet_rst_tx", "podnet_rst_rx")
+# attached in this order: podnet_state2 must run after podnet_state (see bpf/podnet.bpf.c)
+PROGRAMS_TRACING = (
+    "podnet_state",
+    "podnet_state2",
+    "podnet_retrans",
+    "podnet_retrans2",
+    "podnet_synack",
+    "podnet_rst_tx",
+    "podnet_rst_rx",
+)
 PROGRAMS_CGROUP = ("podnet_ingress", "podnet_egress")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from otel_podnet.datapath import PROGRAMS_CGROUP, PROGRAMS_TRACING
 from otel_podnet.simnode import SimNode
 
 
@@ -128,9 +129,7 @@ def test_sigterm_final_export_and_detach(tmp_path: Path, node: SimNode, cgroup_r
     proc = start(tmp_path, node, cgroup_root)
     ours.take(proc.pid)
     try:
-        assert sorted(ours.loaded()) == sorted(
-            ["podnet_ingress", "podnet_egress", "podnet_state", "podnet_retrans", "podnet_rst_tx", "podnet_rst_rx"]
-        )
+        assert sorted(ours.loaded()) == sorted(PROGRAMS_CGROUP + PROGRAMS_TRACING)
         assert sorted(ours.attached(cgroup_root)) == ["podnet_egress", "podnet_ingress"]
         assert get(HEALTH_PORT, "/healthz") == (200, "live")
         assert get(HEALTH_PORT, "/readyz") == (200, "ready")
@@ -150,7 +149,7 @@ def test_sigkill_leaves_nothing(tmp_path: Path, node: SimNode, cgroup_root: Path
     ours = Ours()
     proc = start(tmp_path, node, cgroup_root)
     ours.take(proc.pid)
-    assert len(ours.loaded()) == 6 and len(ours.attached(cgroup_root)) == 2
+    assert len(ours.loaded()) == len(PROGRAMS_CGROUP + PROGRAMS_TRACING) and len(ours.attached(cgroup_root)) == 2
     proc.kill()
     proc.communicate(timeout=20)
     deadline = time.monotonic() + 5  # programs are freed as the kernel drops the last reference

@@ -60,6 +60,7 @@ def test_every_map_of_the_object_matches_abi(built: Path) -> None:
         assert obj.map_layout("podnet_cgroups")[:2] == (8, 8)
         assert obj.map_layout("podnet_pod_ips")[:2] == (16, 8)
         assert obj.map_layout("podnet_health") == (4, 8, abi.NHEALTH)
+        assert obj.map_layout("podnet_socks")[:2] == (4, 112)
         for section, variables in abi.VARS.items():
             for var, ctype in variables.items():
                 assert obj.section_var_offset(section, var)[1] == ctypes.sizeof(ctype), var
