@@ -508,6 +508,110 @@ def test_ip_bytes_equal_the_pod_interfaces(scenario: Scenario) -> None:
         wait_figures(s.collector, NS, s.pods[name]["metadata"]["name"], want)
 
 
+PeerKey = tuple[tuple[str, str], ...]
+
+
+def by_peer(points: Figures, metric: str, **attrs: str) -> dict[PeerKey, float]:
+    """The metric's series with those attributes, by the rest of their attributes (the peer's)."""
+    want = {(k.replace("_", "."), v) for k, v in attrs.items()}
+    out: dict[PeerKey, float] = {}
+    for (name, point_attrs), value in points.items():
+        if name == metric and want <= set(point_attrs):
+            peer = tuple(a for a in point_attrs if a not in want)
+            out[peer] = out.get(peer, 0.0) + value
+    return out
+
+
+def pod_peer(workload: str, kind: str, service: str | None = None) -> PeerKey:
+    attrs = {
+        "podnet.peer.kind": "pod",
+        "podnet.peer.namespace": NS,
+        "podnet.peer.workload": workload,
+        "podnet.peer.workload.kind": kind,
+    }
+    if service:
+        attrs["podnet.peer.service"] = service
+    return tuple(sorted(attrs.items()))
+
+
+NODE_PEER: PeerKey = (("podnet.peer.kind", "node"),)
+
+
+def test_peers_through_the_service_exact(scenario: Scenario) -> None:
+    """Issue 12 on the real node: who talked to whom, through the web Service's ClusterIP
+    (kube-proxy's DNAT in the node's namespace), each figure what the pods themselves did."""
+    s = scenario
+    for name, want in s.truth.items():
+        wait_figures(s.collector, NS, s.pods[name]["metadata"]["name"], want)
+    ip = {name: pod["status"]["podIP"] for name, pod in s.pods.items()}
+    # Each web replica's own log: one line per connection it served, with its remote address.
+    webs = [n for n in s.pods if n.startswith("web-")]
+    served: dict[str, dict[str, int]] = {}
+    for w in webs:
+        lines = [json.loads(x) for x in s.node.kubectl("logs", "-n", NS, w).splitlines() if x.startswith("{")]
+        served[w] = {}
+        for line in lines:
+            served[w][line["remote"]] = served[w].get(line["remote"], 0) + 1
+        assert sum(served[w].values()) == s.truth[w]["opened_in"]
+    # kube-proxy (iptables, clusterCIDR set, no masqueradeAll) masquerades only sources outside
+    # the cluster CIDR (and hairpins): the client Job's and duo's connections reach the backends
+    # from their pod IPs, hostnet's from the node's address on the bridge.
+    from_client = sum(srv.get(ip["client"], 0) for srv in served.values())
+    assert from_client == s.truth["client"]["opened_out"] == N_JOB, served
+    node_addrs = {a for srv in served.values() for a in srv} - {ip["client"], ip["duo"]}
+    assert node_addrs <= {GATEWAY, NODE_IP}, served
+    peer_of = {ip["client"]: pod_peer("client", "job"), ip["duo"]: pod_peer("duo", "pod")}
+    peer_of.update({a: NODE_PEER for a in node_addrs})
+    web_svc = pod_peer("web", "deployment", service="web")
+    want: dict[str, dict[str, dict[PeerKey, float]]] = {
+        "client": {"opened_out": {web_svc: s.truth["client"]["opened_out"]}},
+        "refused": {"failed_refused": {NODE_PEER: s.truth["refused"]["refused"]}},
+    }
+    for w in webs:
+        inbound: dict[PeerKey, float] = {}
+        for addr, n in served[w].items():
+            inbound[peer_of[addr]] = inbound.get(peer_of[addr], 0.0) + n
+        want[w] = {"opened_in": inbound}
+    REPORT["peers: web replicas' inbound connections by remote"] = served
+
+    def got(points: Figures) -> dict[str, dict[PeerKey, float]]:
+        return {
+            "opened_out": by_peer(points, "podnet.peer.tcp.connections.opened", podnet_direction="outbound"),
+            "opened_in": by_peer(points, "podnet.peer.tcp.connections.opened", podnet_direction="inbound"),
+            "failed_refused": by_peer(points, "podnet.peer.tcp.connections.failed", error_type="refused"),
+        }
+
+    last: dict[str, Any] = {}
+
+    def exact() -> bool:
+        for name, metrics in want.items():
+            exports = pod_exports(s.collector, NS, s.pods[name]["metadata"]["name"])
+            last[name] = {k: v for k, v in got(exports[-1][1]).items() if k in metrics} if exports else {}
+            if last[name] != metrics:
+                return False
+        return True
+
+    try:
+        wait(exact, 90, "the peer figures")
+    except AssertionError:
+        raise AssertionError(f"peer figures: exported {last}\n != truth {want}") from None
+    # Every export of every pod of the scenario: its bytes by peer sum to its bytes, per
+    # direction (podnet.network.io over its transports), in the same export.
+    checked = 0
+    for name, pod in s.pods.items():
+        exports = pod_exports(s.collector, NS, pod["metadata"]["name"])
+        assert exports, name
+        for _, points in exports:
+            for d in ("receive", "transmit"):
+                peers = by_peer(points, "podnet.peer.network.io", network_io_direction=d)
+                total = by_peer(points, "podnet.network.io", network_io_direction=d)
+                assert sum(peers.values()) == sum(total.values()), (name, d, peers, total)
+                checked += 1
+        _, points = exports[-1]
+        assert by_peer(points, "podnet.peer.network.io"), f"{name}: no peer bytes"
+    REPORT["peers: exports whose bytes by peer sum exactly (pod x direction)"] = checked
+
+
 def test_resources_name_pods_and_workloads(scenario: Scenario) -> None:
     s = scenario
     for name, pod in s.pods.items():
