@@ -537,56 +537,46 @@ def pod_peer(workload: str, kind: str, service: str | None = None) -> PeerKey:
 NODE_PEER: PeerKey = (("podnet.peer.kind", "node"),)
 
 
-def test_peers_through_the_service_exact(scenario: Scenario) -> None:
-    """Issue 12 on the real node: who talked to whom, through the web Service's ClusterIP
-    (kube-proxy's DNAT in the node's namespace), each figure what the pods themselves did."""
-    s = scenario
-    for name, want in s.truth.items():
-        wait_figures(s.collector, NS, s.pods[name]["metadata"]["name"], want)
-    ip = {name: pod["status"]["podIP"] for name, pod in s.pods.items()}
-    # Each web replica's own log: one line per connection it served, with its remote address.
-    webs = [n for n in s.pods if n.startswith("web-")]
+def served_by_remote(s: Scenario) -> dict[str, dict[str, int]]:
+    """Each web replica's own log: one line per connection it served, with its remote
+    address; the connections by remote address."""
     served: dict[str, dict[str, int]] = {}
-    for w in webs:
-        lines = [json.loads(x) for x in s.node.kubectl("logs", "-n", NS, w).splitlines() if x.startswith("{")]
+    for w in (n for n in s.pods if n.startswith("web-")):
         served[w] = {}
-        for line in lines:
-            served[w][line["remote"]] = served[w].get(line["remote"], 0) + 1
+        for x in s.node.kubectl("logs", "-n", NS, w).splitlines():
+            if x.startswith("{"):
+                remote = json.loads(x)["remote"]
+                served[w][remote] = served[w].get(remote, 0) + 1
         assert sum(served[w].values()) == s.truth[w]["opened_in"]
-    # kube-proxy (iptables, clusterCIDR set, no masqueradeAll) masquerades only sources outside
-    # the cluster CIDR (and hairpins): the client Job's and duo's connections reach the backends
-    # from their pod IPs, hostnet's from the node's address on the bridge.
-    from_client = sum(srv.get(ip["client"], 0) for srv in served.values())
-    assert from_client == s.truth["client"]["opened_out"] == N_JOB, served
-    node_addrs = {a for srv in served.values() for a in srv} - {ip["client"], ip["duo"]}
-    assert node_addrs <= {GATEWAY, NODE_IP}, served
-    peer_of = {ip["client"]: pod_peer("client", "job"), ip["duo"]: pod_peer("duo", "pod")}
-    peer_of.update({a: NODE_PEER for a in node_addrs})
-    web_svc = pod_peer("web", "deployment", service="web")
-    want: dict[str, dict[str, dict[PeerKey, float]]] = {
-        "client": {"opened_out": {web_svc: s.truth["client"]["opened_out"]}},
-        "refused": {"failed_refused": {NODE_PEER: s.truth["refused"]["refused"]}},
+    return served
+
+
+def peer_figures(s: Scenario, pick: Any) -> dict[str, dict[PeerKey, float]]:
+    """``pick(points)`` of each pod of the scenario's latest export."""
+    out = {}
+    for name, pod in s.pods.items():
+        exports = pod_exports(s.collector, NS, pod["metadata"]["name"])
+        out[name] = pick(exports[-1][1]) if exports else {}
+    return out
+
+
+def wait_peer_figures(s: Scenario, want: dict[str, dict[str, dict[PeerKey, float]]]) -> None:
+    """Until, in each pod's latest export, the series named in ``want`` equal it."""
+    picks = {
+        "opened_out": ("podnet.peer.tcp.connections.opened", {"podnet_direction": "outbound"}),
+        "opened_in": ("podnet.peer.tcp.connections.opened", {"podnet_direction": "inbound"}),
+        "failed_refused": ("podnet.peer.tcp.connections.failed", {"error_type": "refused"}),
     }
-    for w in webs:
-        inbound: dict[PeerKey, float] = {}
-        for addr, n in served[w].items():
-            inbound[peer_of[addr]] = inbound.get(peer_of[addr], 0.0) + n
-        want[w] = {"opened_in": inbound}
-    REPORT["peers: web replicas' inbound connections by remote"] = served
-
-    def got(points: Figures) -> dict[str, dict[PeerKey, float]]:
-        return {
-            "opened_out": by_peer(points, "podnet.peer.tcp.connections.opened", podnet_direction="outbound"),
-            "opened_in": by_peer(points, "podnet.peer.tcp.connections.opened", podnet_direction="inbound"),
-            "failed_refused": by_peer(points, "podnet.peer.tcp.connections.failed", error_type="refused"),
-        }
-
     last: dict[str, Any] = {}
 
     def exact() -> bool:
         for name, metrics in want.items():
             exports = pod_exports(s.collector, NS, s.pods[name]["metadata"]["name"])
-            last[name] = {k: v for k, v in got(exports[-1][1]).items() if k in metrics} if exports else {}
+            points = exports[-1][1] if exports else {}
+            last[name] = {
+                k: {p: v for p, v in by_peer(points, picks[k][0], **picks[k][1]).items() if p in metrics[k]}
+                for k in metrics
+            }
             if last[name] != metrics:
                 return False
         return True
@@ -594,7 +584,54 @@ def test_peers_through_the_service_exact(scenario: Scenario) -> None:
     try:
         wait(exact, 90, "the peer figures")
     except AssertionError:
-        raise AssertionError(f"peer figures: exported {last}\n != truth {want}") from None
+        full = {
+            name: {k: by_peer(pod_exports(s.collector, NS, s.pods[name]["metadata"]["name"])[-1][1], m, **a)}
+            for name, metrics in want.items()
+            for k, (m, a) in picks.items()
+            if k in metrics
+        }
+        raise AssertionError(f"peer figures: exported {last}\n != truth {want}\n(all of them: {full})") from None
+
+
+def test_peers_through_the_service_exact(scenario: Scenario) -> None:
+    """Issue 12 on the real node: who talked to whom through the web Service's ClusterIP
+    (kube-proxy's DNAT in the node's namespace), each figure what the pods themselves did."""
+    s = scenario
+    for name, want in s.truth.items():
+        wait_figures(s.collector, NS, s.pods[name]["metadata"]["name"], want)
+    ip = {name: pod["status"]["podIP"] for name, pod in s.pods.items()}
+    served = served_by_remote(s)
+    REPORT["peers: web replicas' connections by remote address"] = served
+    # kube-proxy (iptables, clusterCIDR set, no masqueradeAll) masquerades only sources outside
+    # the cluster CIDR (and hairpins): the Job's and duo's connections reach the backends from
+    # their own pod IPs, so their peer there is their workload, not the node.
+    assert sum(srv.get(ip["client"], 0) for srv in served.values()) == s.truth["client"]["opened_out"] == N_JOB
+    assert sum(srv.get(ip["duo"], 0) for srv in served.values()) == N_A + N_B
+    client, duo = pod_peer("client", "job"), pod_peer("duo", "pod")
+    want = {
+        "client": {"opened_out": {pod_peer("web", "deployment", service="web"): s.truth["client"]["opened_out"]}},
+        "refused": {"failed_refused": {NODE_PEER: s.truth["refused"]["refused"]}},
+    }
+    for w, srv in served.items():
+        # (a peer with no connection to this replica has no series)
+        inbound = {p: float(srv[a]) for p, a in ((client, ip["client"]), (duo, ip["duo"])) if srv.get(a)}
+        want[w] = {"opened_in": inbound}
+    wait_peer_figures(s, want)
+    # ... and nothing else: the client's and the refused pod's only peers, and every web
+    # replica's inbound connections summing over its peers to what it accepted.
+    got = peer_figures(
+        s,
+        lambda p: {
+            "out": by_peer(p, "podnet.peer.tcp.connections.opened", podnet_direction="outbound"),
+            "in": by_peer(p, "podnet.peer.tcp.connections.opened", podnet_direction="inbound"),
+            "failed": by_peer(p, "podnet.peer.tcp.connections.failed"),
+        },
+    )
+    assert got["client"]["out"] == want["client"]["opened_out"] and not got["client"]["in"], got["client"]
+    assert got["refused"]["failed"] == {(("error.type", "refused"), *NODE_PEER): N_REFUSED}, got["refused"]
+    for w in served:
+        assert sum(got[w]["in"].values()) == s.truth[w]["opened_in"], (w, got[w]["in"], served[w])
+        assert not got[w]["out"], got[w]
     # Every export of every pod of the scenario: its bytes by peer sum to its bytes, per
     # direction (podnet.network.io over its transports), in the same export.
     checked = 0
@@ -607,9 +644,21 @@ def test_peers_through_the_service_exact(scenario: Scenario) -> None:
                 total = by_peer(points, "podnet.network.io", network_io_direction=d)
                 assert sum(peers.values()) == sum(total.values()), (name, d, peers, total)
                 checked += 1
-        _, points = exports[-1]
-        assert by_peer(points, "podnet.peer.network.io"), f"{name}: no peer bytes"
+        assert by_peer(exports[-1][1], "podnet.peer.network.io"), f"{name}: no peer bytes"
     REPORT["peers: exports whose bytes by peer sum exactly (pod x direction)"] = checked
+
+
+def test_masqueraded_peer_is_the_node(scenario: Scenario) -> None:
+    """hostnet connects from the node's network (outside the cluster CIDR): kube-proxy
+    masquerades it, and the backends see the node's address on the pods' bridge, which
+    README "Peers" reports as ``podnet.peer.kind=node``."""
+    s = scenario
+    ip = {name: pod["status"]["podIP"] for name, pod in s.pods.items()}
+    served = served_by_remote(s)
+    masq = {w: sum(n for a, n in srv.items() if a not in (ip["client"], ip["duo"])) for w, srv in served.items()}
+    assert {a for srv in served.values() for a in srv} - {ip["client"], ip["duo"]} == {GATEWAY}, served
+    assert sum(masq.values()) == N_HOST
+    wait_peer_figures(s, {w: {"opened_in": {NODE_PEER: float(n)} if n else {}} for w, n in masq.items()})
 
 
 def test_resources_name_pods_and_workloads(scenario: Scenario) -> None:
