@@ -598,7 +598,8 @@ def test_peers_through_the_service_exact(scenario: Scenario) -> None:
     (kube-proxy's DNAT in the node's namespace), each figure what the pods themselves did."""
     s = scenario
     for name, want in s.truth.items():
-        wait_figures(s.collector, NS, s.pods[name]["metadata"]["name"], want)
+        if name != "hostnet":  # (hostnet's own figures: test_every_pod_figure_exact)
+            wait_figures(s.collector, NS, s.pods[name]["metadata"]["name"], want)
     ip = {name: pod["status"]["podIP"] for name, pod in s.pods.items()}
     served = served_by_remote(s)
     REPORT["peers: web replicas' connections by remote address"] = served
@@ -644,7 +645,8 @@ def test_peers_through_the_service_exact(scenario: Scenario) -> None:
                 total = by_peer(points, "podnet.network.io", network_io_direction=d)
                 assert sum(peers.values()) == sum(total.values()), (name, d, peers, total)
                 checked += 1
-        assert by_peer(exports[-1][1], "podnet.peer.network.io"), f"{name}: no peer bytes"
+        if by_peer(exports[-1][1], "podnet.network.io"):
+            assert by_peer(exports[-1][1], "podnet.peer.network.io"), f"{name}: no peer bytes"
     REPORT["peers: exports whose bytes by peer sum exactly (pod x direction)"] = checked
 
 
