@@ -16,7 +16,16 @@ from .datapath import Datapath, DatapathConfig, default_object_path
 from .inventory import PodInfo, PodSource
 from .log import RateLimited
 from .peerinfo import PeerDirectory
-from .peers import NODE, Network, PeerFolder, PeerResolver, PeerTable, local_addresses
+from .peers import (
+    NODE,
+    Network,
+    PeerFolder,
+    PeerResolver,
+    PeerTable,
+    default_gateways,
+    local_addresses,
+    node_addresses,
+)
 from .samples import Health, PodSample, Snapshot
 
 _logger = getLogger(__name__)
@@ -63,6 +72,7 @@ class Core:
         self.peer_folder = PeerFolder(max_peers)
         self._peer_cidrs = tuple(peer_cidrs)
         self._node_ips = frozenset(local_addresses(proc) if node_ips is None else node_ips)
+        self._gateways = default_gateways(proc) if node_ips is None else frozenset()
         if max_peers > 0:
             self.peer_table = PeerTable(self.datapath, capacity.slots)
             self.attributor.on_retire = self.peer_table.slot_retired
@@ -149,7 +159,7 @@ class Core:
         without one names nodes and external addresses only)."""
         get = getattr(self.source, "peer_directory", None)
         directory: PeerDirectory | None = get() if get is not None else None
-        node_ips = set(self._node_ips)
+        node_ips = set(node_addresses(self._node_ips, self._gateways, directory))
         more = getattr(directory, "node_ips", None)
         if more is not None:
             node_ips.update(more())

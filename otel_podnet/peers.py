@@ -22,6 +22,7 @@ The kernel counts per (slot, remote address) in peer rows (bpf/podnet.bpf.c); he
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import getLogger
@@ -118,6 +119,32 @@ def local_addresses(proc: Path = Path("/proc")) -> frozenset[str]:
     except (OSError, ValueError, IndexError):
         pass
     return frozenset(out)
+
+
+def default_gateways(proc: Path = Path("/proc")) -> frozenset[str]:
+    """The gateways of this network namespace's IPv4 default routes (``/proc/net/route``)."""
+    out: set[str] = set()
+    try:
+        for line in (proc / "net/route").read_text().splitlines()[1:]:
+            f = line.split()
+            if len(f) > 3 and f[1] == "00000000" and int(f[3], 16) & 0x2:  # RTF_GATEWAY
+                out.add(str(ipaddress.IPv4Address(int(f[2], 16).to_bytes(4, sys.byteorder))))
+    except (OSError, ValueError):
+        pass
+    return frozenset(out)
+
+
+def node_addresses(own: Iterable[str], gateways: Iterable[str], directory: PeerDirectory | None) -> frozenset[str]:
+    """The node's addresses, from this network namespace's (``own``, :func:`local_addresses`)
+    and its default gateways. On the host they are the node's. When one of them is a pod's
+    in the directory, the agent runs in its pod's namespace (the DaemonSet on the pod
+    network): its addresses are its pod's, not the node's, and the node is its gateway, the
+    node's address on the pods' network, which is also the source address the node's
+    masquerade (kube-proxy's, for clients outside the cluster CIDR) gives connections to pods."""
+    own = frozenset(own)
+    if directory is None or all(directory.pod_by_ip(a) is None for a in own):
+        return own
+    return frozenset(a for a in own if directory.pod_by_ip(a) is None) | frozenset(gateways)
 
 
 class PeerResolver:

@@ -69,11 +69,11 @@ def tcp_server(a: argparse.Namespace) -> dict[str, int]:
             totals["sent"] += a.send
 
     if a.count == 0:  # until killed: the totals so far after every connection it served
-        while True:
-            conn, _ = srv.accept()
+        while True:  # (and the address that connection came from)
+            conn, remote = srv.accept()
             totals["accepted"] += 1
             serve(conn)
-            print(json.dumps(totals), flush=True)
+            print(json.dumps({**totals, "remote": remote[0]}), flush=True)
     for _ in range(a.count):
         conn, _ = srv.accept()
         totals["accepted"] += 1

@@ -508,6 +508,161 @@ def test_ip_bytes_equal_the_pod_interfaces(scenario: Scenario) -> None:
         wait_figures(s.collector, NS, s.pods[name]["metadata"]["name"], want)
 
 
+PeerKey = tuple[tuple[str, str], ...]
+
+
+def by_peer(points: Figures, metric: str, **attrs: str) -> dict[PeerKey, float]:
+    """The metric's series with those attributes, by the rest of their attributes (the peer's)."""
+    want = {(k.replace("_", "."), v) for k, v in attrs.items()}
+    out: dict[PeerKey, float] = {}
+    for (name, point_attrs), value in points.items():
+        if name == metric and want <= set(point_attrs):
+            peer = tuple(a for a in point_attrs if a not in want)
+            out[peer] = out.get(peer, 0.0) + value
+    return out
+
+
+def pod_peer(workload: str, kind: str, service: str | None = None) -> PeerKey:
+    attrs = {
+        "podnet.peer.kind": "pod",
+        "podnet.peer.namespace": NS,
+        "podnet.peer.workload": workload,
+        "podnet.peer.workload.kind": kind,
+    }
+    if service:
+        attrs["podnet.peer.service"] = service
+    return tuple(sorted(attrs.items()))
+
+
+NODE_PEER: PeerKey = (("podnet.peer.kind", "node"),)
+
+
+def served_by_remote(s: Scenario) -> dict[str, dict[str, int]]:
+    """Each web replica's own log: one line per connection it served, with its remote
+    address; the connections by remote address."""
+    served: dict[str, dict[str, int]] = {}
+    for w in (n for n in s.pods if n.startswith("web-")):
+        served[w] = {}
+        for x in s.node.kubectl("logs", "-n", NS, w).splitlines():
+            if x.startswith("{"):
+                remote = json.loads(x)["remote"]
+                served[w][remote] = served[w].get(remote, 0) + 1
+        assert sum(served[w].values()) == s.truth[w]["opened_in"]
+    return served
+
+
+def peer_figures(s: Scenario, pick: Any) -> dict[str, dict[PeerKey, float]]:
+    """``pick(points)`` of each pod of the scenario's latest export."""
+    out = {}
+    for name, pod in s.pods.items():
+        exports = pod_exports(s.collector, NS, pod["metadata"]["name"])
+        out[name] = pick(exports[-1][1]) if exports else {}
+    return out
+
+
+def wait_peer_figures(s: Scenario, want: dict[str, dict[str, dict[PeerKey, float]]]) -> None:
+    """Until, in each pod's latest export, the series named in ``want`` equal it."""
+    picks = {
+        "opened_out": ("podnet.peer.tcp.connections.opened", {"podnet_direction": "outbound"}),
+        "opened_in": ("podnet.peer.tcp.connections.opened", {"podnet_direction": "inbound"}),
+        "failed_refused": ("podnet.peer.tcp.connections.failed", {"error_type": "refused"}),
+    }
+    last: dict[str, Any] = {}
+
+    def exact() -> bool:
+        for name, metrics in want.items():
+            exports = pod_exports(s.collector, NS, s.pods[name]["metadata"]["name"])
+            points = exports[-1][1] if exports else {}
+            last[name] = {
+                k: {p: v for p, v in by_peer(points, picks[k][0], **picks[k][1]).items() if p in metrics[k]}
+                for k in metrics
+            }
+            if last[name] != metrics:
+                return False
+        return True
+
+    try:
+        wait(exact, 90, "the peer figures")
+    except AssertionError:
+        full = {
+            name: {k: by_peer(pod_exports(s.collector, NS, s.pods[name]["metadata"]["name"])[-1][1], m, **a)}
+            for name, metrics in want.items()
+            for k, (m, a) in picks.items()
+            if k in metrics
+        }
+        raise AssertionError(f"peer figures: exported {last}\n != truth {want}\n(all of them: {full})") from None
+
+
+def test_peers_through_the_service_exact(scenario: Scenario) -> None:
+    """Issue 12 on the real node: who talked to whom through the web Service's ClusterIP
+    (kube-proxy's DNAT in the node's namespace), each figure what the pods themselves did."""
+    s = scenario
+    for name, want in s.truth.items():
+        if name != "hostnet":  # (hostnet's own figures: test_every_pod_figure_exact)
+            wait_figures(s.collector, NS, s.pods[name]["metadata"]["name"], want)
+    ip = {name: pod["status"]["podIP"] for name, pod in s.pods.items()}
+    served = served_by_remote(s)
+    REPORT["peers: web replicas' connections by remote address"] = served
+    # kube-proxy (iptables, clusterCIDR set, no masqueradeAll) masquerades only sources outside
+    # the cluster CIDR (and hairpins): the Job's and duo's connections reach the backends from
+    # their own pod IPs, so their peer there is their workload, not the node.
+    assert sum(srv.get(ip["client"], 0) for srv in served.values()) == s.truth["client"]["opened_out"] == N_JOB
+    assert sum(srv.get(ip["duo"], 0) for srv in served.values()) == N_A + N_B
+    client, duo = pod_peer("client", "job"), pod_peer("duo", "pod")
+    want = {
+        "client": {"opened_out": {pod_peer("web", "deployment", service="web"): s.truth["client"]["opened_out"]}},
+        "refused": {"failed_refused": {NODE_PEER: s.truth["refused"]["refused"]}},
+    }
+    for w, srv in served.items():
+        # (a peer with no connection to this replica has no series)
+        inbound = {p: float(srv[a]) for p, a in ((client, ip["client"]), (duo, ip["duo"])) if srv.get(a)}
+        want[w] = {"opened_in": inbound}
+    wait_peer_figures(s, want)
+    # ... and nothing else: the client's and the refused pod's only peers, and every web
+    # replica's inbound connections summing over its peers to what it accepted.
+    got = peer_figures(
+        s,
+        lambda p: {
+            "out": by_peer(p, "podnet.peer.tcp.connections.opened", podnet_direction="outbound"),
+            "in": by_peer(p, "podnet.peer.tcp.connections.opened", podnet_direction="inbound"),
+            "failed": by_peer(p, "podnet.peer.tcp.connections.failed"),
+        },
+    )
+    assert got["client"]["out"] == want["client"]["opened_out"] and not got["client"]["in"], got["client"]
+    assert got["refused"]["failed"] == {(("error.type", "refused"), *NODE_PEER): N_REFUSED}, got["refused"]
+    for w in served:
+        assert sum(got[w]["in"].values()) == s.truth[w]["opened_in"], (w, got[w]["in"], served[w])
+        assert not got[w]["out"], got[w]
+    # Every export of every pod of the scenario: its bytes by peer sum to its bytes, per
+    # direction (podnet.network.io over its transports), in the same export.
+    checked = 0
+    for name, pod in s.pods.items():
+        exports = pod_exports(s.collector, NS, pod["metadata"]["name"])
+        assert exports, name
+        for _, points in exports:
+            for d in ("receive", "transmit"):
+                peers = by_peer(points, "podnet.peer.network.io", network_io_direction=d)
+                total = by_peer(points, "podnet.network.io", network_io_direction=d)
+                assert sum(peers.values()) == sum(total.values()), (name, d, peers, total)
+                checked += 1
+        if by_peer(exports[-1][1], "podnet.network.io"):
+            assert by_peer(exports[-1][1], "podnet.peer.network.io"), f"{name}: no peer bytes"
+    REPORT["peers: exports whose bytes by peer sum exactly (pod x direction)"] = checked
+
+
+def test_masqueraded_peer_is_the_node(scenario: Scenario) -> None:
+    """hostnet connects from the node's network (outside the cluster CIDR): kube-proxy
+    masquerades it, and the backends see the node's address on the pods' bridge, which
+    README "Peers" reports as ``podnet.peer.kind=node``."""
+    s = scenario
+    ip = {name: pod["status"]["podIP"] for name, pod in s.pods.items()}
+    served = served_by_remote(s)
+    masq = {w: sum(n for a, n in srv.items() if a not in (ip["client"], ip["duo"])) for w, srv in served.items()}
+    assert {a for srv in served.values() for a in srv} - {ip["client"], ip["duo"]} == {GATEWAY}, served
+    assert sum(masq.values()) == N_HOST
+    wait_peer_figures(s, {w: {"opened_in": {NODE_PEER: float(n)} if n else {}} for w, n in masq.items()})
+
+
 def test_resources_name_pods_and_workloads(scenario: Scenario) -> None:
     s = scenario
     for name, pod in s.pods.items():

@@ -4,6 +4,7 @@ and the peer rows read into deltas (a stand-in for the datapath's two arrays).""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ from otel_podnet.peers import (
     PeerFolder,
     PeerResolver,
     PeerTable,
+    default_gateways,
+    node_addresses,
     parse_peer_cidr,
 )
 from otel_podnet.settings import ConfigError, parse_max_peers, parse_peer_cidrs
@@ -100,6 +103,24 @@ def test_resolver_order_and_services() -> None:
         ("podnet.peer.workload.kind", "deployment"),
         ("podnet.peer.service", "web"),
     )
+
+
+def test_node_addresses_of_an_agent_in_a_pod(tmp_path: Path) -> None:
+    """On the host the agent's addresses are the node's; in its pod's network namespace its
+    address is its pod's, and the node is its default gateway (the bridge's address, the
+    source of what the node masquerades to pods)."""
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net/route").write_text(
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+        "eth0\t00000000\t0100E70A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+        "eth0\t0000E70A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+    )
+    assert default_gateways(tmp_path) == {"10.231.0.1"}
+    assert default_gateways(tmp_path / "none") == frozenset()
+    d = StaticPeerDirectory([pod("agent-x", "10.231.0.7"), pod("hostnet", "10.233.0.1", host_network=True)], {})
+    assert node_addresses({"10.231.0.7"}, {"10.231.0.1"}, d) == {"10.231.0.1"}
+    assert node_addresses({"192.0.2.2", "10.231.0.1"}, {"192.0.2.1"}, d) == {"192.0.2.2", "10.231.0.1"}
+    assert node_addresses({"10.231.0.7"}, {"10.231.0.1"}, None) == {"10.231.0.7"}
 
 
 def test_directory_of_a_pods_file_with_services() -> None:
