@@ -92,6 +92,7 @@ class Attributor:
         self._ips: dict[str, str] = {}  # address -> pod uid, as in the kernel map
         self._ips_refused: set[str] = set()  # addresses a full map refused (reported once each)
         self._round = 0
+        self._pods_seen: Mapping[str, PodInfo] = {}  # the inventory at the last rescan
         self._cgroups_tracked = 0
         self._remapped = False
         self.exhausted = {"cgroup": 0, "ip": 0}  # pods that found no free slot, by slot kind
@@ -211,6 +212,14 @@ class Attributor:
         self._round += 1
         self._remapped = False
         self._index.begin_round()
+        if pods != self._pods_seen:
+            # New or changed pods (the kubelet reports a container started only once its
+            # cgroup exists): learn their cgroups now, while they exist. A container that
+            # connects and ends between two rounds (a client in a hostNetwork pod) has no
+            # cgroup left to find when its kernel entry is classified: its counts would be
+            # the node's, with no pod IP to fall back on.
+            self._index.rescan_pods()
+            self._pods_seen = dict(pods)
         self._sync_cgroups()
         self._sync_ips(pods)
         if self._round % self._gc_rounds == 0:

@@ -203,3 +203,34 @@ def test_a_slot_is_retired_only_once_its_connections_have_closed(tmp_path: Path)
     node = att.snapshot({})[0].counters
     assert (node.opened_out, node.adopted_in, node.closed_out, node.closed_in) == (2, 1, 2, 1)
     assert (node.active_out, node.active_in) == (0, 0)
+
+
+def test_a_container_that_ends_before_its_cgroup_is_classified_counts_for_its_pod(tmp_path: Path) -> None:
+    """The real node's hostNetwork client: its container's cgroup exists when the kubelet
+    reports the pod Running, the client connects and the container ends before the next
+    round, so the kernel's entry for the cgroup is classified once the directory is gone.
+    With no pod IP to fall back on (the pod's IP is the node's), only the cgroup names it."""
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    pod_dir = tmp_path / "kubelet-podnet" / "kubepods" / "besteffort" / f"pod{UID}"
+    ctr = pod_dir / ("c" * 64)
+    ctr.mkdir(parents=True)
+    pods = {UID: PodInfo(UID, "hostnet", "shop", phase="Running", ips=("10.233.0.1",), host_network=True)}
+    att.sync(pods)  # the watch's event: the pod Running, its container started
+    assert maps.ips == {}  # the node's IP is no fallback
+    slot = maps.kernel_sees(ctr.stat().st_ino)  # three connections, then the container ends
+    maps.count(slot, opened_out=3, closed_out=3, payload_tx=2100, payload_rx=3900)
+    ctr.rmdir()
+    pod_dir.rmdir()
+    att.sync(pods)
+    att.sync(pods)  # retired into the pod's total
+    node, pod = att.snapshot(pods)
+    assert node.counters == Counters()
+    assert pod.uid == UID
+    assert (pod.counters.opened_out, pod.counters.closed_out, pod.counters.payload_tx, pod.counters.payload_rx) == (
+        3,
+        3,
+        2100,
+        3900,
+    )
