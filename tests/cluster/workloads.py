@@ -60,8 +60,20 @@ def pod_pids(node: Node, pod: Any) -> list[int]:
     pids = []
     for ctr_id in sorted(ids):
         procs = (base / ctr_id / "cgroup.procs").read_text().split()
-        pids.append(min(int(p) for p in procs))
+        # the first started, not the lowest pid: after a pid wraparound a short-lived child
+        # (the gating loop's sleep) can have a lower pid than the container's main process
+        started = {int(p): t for p in procs if (t := _start_time(int(p))) is not None}
+        pids.append(min(started, key=lambda p: (started[p], p)))
     return pids
+
+
+def _start_time(pid: int) -> int | None:
+    """Clock ticks since boot at which the process started (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None  # ended meanwhile
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def sandbox_pid(node: Node, pod: Any) -> int:
