@@ -16,9 +16,10 @@ decides whether it is needed at all.
 - Workload names come from otel_podnet.owners.OwnerResolver (ReplicaSet → Deployment and
   Job → CronJob need one GET of the owner, cached; a 403 or 404 falls back to the pod's
   labels with one warning); this module only fetches the owner objects for it.
-- Requests are made with ``_preload_content=False`` and their JSON decoded here: the pods
-  arrive as the plain dicts otel_podnet.inventory.pod_from_object reads (as in a pods
-  file), without a round trip through the client's models.
+- Requests go through otel_podnet.kubeapi (urllib3, JSON paths): the pods arrive as the
+  plain dicts otel_podnet.inventory.pod_from_object reads (as in a pods file). The
+  official client (~30 MiB resident once imported, for its generated models) is imported
+  only to load a kubeconfig (:func:`load_configuration`); in-cluster needs none of it.
 """
 
 from __future__ import annotations
@@ -32,16 +33,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote
 
 import urllib3
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
 
+from . import __version__, kube_source
 from .inventory import PodInfo, SkipWarnings, pod_from_object, pod_name
 from .kube_source import ApiTarget
+from .kubeapi import SERVICE_ACCOUNT_CA, ApiConfig, ApiError, KubeApi, in_cluster_config
 from .log import RateLimited
 from .owners import OwnerLookupError, OwnerResolver
 from .peer_index import PeerTables
@@ -51,7 +53,7 @@ from .settings import ConfigError, NotReady
 _logger = logging.getLogger(__name__)
 
 RBAC_HINT = "deploy/otel-podnet.yaml"
-# Errors of the network or the HTTP layer below the API (the API's own are ApiException).
+# Errors of the network or the HTTP layer below the API (the API's own are ApiError).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
@@ -112,7 +114,7 @@ def describe(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None)
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(reason, BaseException):
         exc = reason
-    if isinstance(exc, ApiException):
+    if isinstance(exc, ApiError):
         msg = status_message(exc)
         return f"HTTP {exc.status}" + (f": {msg}" if msg else "")
     text = re.sub(r"<[^<>]*>: ", "", str(exc))
@@ -125,20 +127,6 @@ def describe(exc: BaseException) -> str:
 
 def _tls_verify_failed(exc: BaseException) -> bool:
     return "CERTIFICATE_VERIFY_FAILED" in str(exc) or "CERTIFICATE_VERIFY_FAILED" in str(getattr(exc, "reason", ""))
-
-
-def _json(resp: Any) -> dict[str, Any]:
-    """The JSON object of a response fetched with ``_preload_content=False``."""
-    try:
-        data = resp.data
-    finally:
-        release = getattr(resp, "release_conn", None)
-        if callable(release):
-            release()
-    doc = json.loads(data)
-    if not isinstance(doc, dict):
-        raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
-    return doc
 
 
 def _events(resp: Any) -> Iterator[Mapping[str, Any]]:
@@ -183,7 +171,7 @@ class KubePodSource:
 
     def __init__(
         self,
-        api_client: Any,
+        api: KubeApi,
         node_name: str,
         *,
         server: str,
@@ -201,10 +189,7 @@ class KubePodSource:
         self.changed = threading.Event()
         self._watch_seconds = watch_seconds
         self._page_size = page_size
-        self._api = api_client
-        self._core: Any = k8s_client.CoreV1Api(api_client)
-        self._apps: Any = k8s_client.AppsV1Api(api_client)
-        self._batch: Any = k8s_client.BatchV1Api(api_client)
+        self._api = api
         self._selector = f"spec.nodeName={node_name}"
         self._lock = threading.Lock()
         # written by one thread at a time (start(), then the watcher); published under _lock
@@ -249,7 +234,7 @@ class KubePodSource:
         fails for the API. :meth:`close` stops it."""
         if self._peers is None:
             directory = make_peer_directory(
-                k8s_client.ApiClient(configuration=self._api.configuration),
+                api_client(self._api.config),
                 server=self.server,
                 credentials=self.credentials,
             )
@@ -309,7 +294,7 @@ class KubePodSource:
             remaining = deadline - time.monotonic()
             try:
                 return self._list_all(timeout=(max(0.5, min(10.0, remaining)), max(5.0, remaining)))
-            except ApiException as exc:
+            except ApiError as exc:
                 fatal = first_list_error(exc, self.server, self.credentials)
                 if fatal is not None:
                     raise fatal from None
@@ -340,13 +325,12 @@ class KubePodSource:
         """Listing worked; make sure watching will too (a SelfSubjectAccessReview, which
         every authenticated user may create). Only a clear "no" stops the start."""
         try:
-            review = k8s_client.V1SelfSubjectAccessReview(
-                spec=k8s_client.V1SelfSubjectAccessReviewSpec(
-                    resource_attributes=k8s_client.V1ResourceAttributes(verb="watch", resource="pods")
-                )
-            )
-            api: Any = k8s_client.AuthorizationV1Api(self._api)
-            doc = _json(api.create_self_subject_access_review(review, _preload_content=False, _request_timeout=(5, 10)))
+            review = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {"verb": "watch", "resource": "pods"}},
+            }
+            doc = self._api.post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review, timeout=(5, 10))
         except Exception as exc:  # the check is a courtesy: the watch itself says the same later
             _logger.debug("SelfSubjectAccessReview for watching pods failed: %s", describe(exc))
             return
@@ -452,20 +436,18 @@ class KubePodSource:
 
     def get_owner(self, kind: str, namespace: str, name: str) -> Mapping[str, Any]:
         """The owner object (a ReplicaSet or a Job) as the API returns it."""
-        timeout = (5, 10)
+        ns, obj = quote(namespace, safe=""), quote(name, safe="")
         if kind == "ReplicaSet":
-            resp = self._apps.read_namespaced_replica_set(
-                name, namespace, _preload_content=False, _request_timeout=timeout
-            )
+            path = f"/apis/apps/v1/namespaces/{ns}/replicasets/{obj}"
         else:
-            resp = self._batch.read_namespaced_job(name, namespace, _preload_content=False, _request_timeout=timeout)
-        return _json(resp)
+            path = f"/apis/batch/v1/namespaces/{ns}/jobs/{obj}"
+        return self._api.get(path, timeout=(5, 10))
 
     def _fetch_owner(self, kind: str, namespace: str, name: str) -> Mapping[str, Any]:
         """get_owner, its failures as the resolver knows them."""
         try:
             return self.get_owner(kind, namespace, name)
-        except ApiException as exc:
+        except ApiError as exc:
             status = int(exc.status) if exc.status else None
             raise OwnerLookupError(status, describe(exc), status_message(exc)) from exc
         except TRANSPORT_ERRORS as exc:
@@ -482,15 +464,10 @@ class KubePodSource:
         pods: dict[str, PodInfo] = {}
         token = ""
         while True:
-            kwargs: dict[str, Any] = {
-                "field_selector": self._selector,
-                "limit": self._page_size,
-                "_preload_content": False,
-                "_request_timeout": timeout,
-            }
+            query: dict[str, str | int | bool] = {"fieldSelector": self._selector, "limit": self._page_size}
             if token:
-                kwargs["_continue"] = token
-            doc = _json(self._core.list_pod_for_all_namespaces(**kwargs))
+                query["continue"] = token
+            doc = self._api.get("/api/v1/pods", query, timeout=timeout)
             items = doc.get("items")
             for item in items if isinstance(items, list) else []:
                 if not isinstance(item, Mapping):
@@ -508,14 +485,15 @@ class KubePodSource:
         """One watch request from the last resourceVersion, until the server ends it."""
         lo, hi = self._watch_seconds
         seconds = random.randint(lo, hi)
-        resp = self._core.list_pod_for_all_namespaces(
-            field_selector=self._selector,
-            watch=True,
-            allow_watch_bookmarks=True,
-            resource_version=self._rv,
-            timeout_seconds=seconds,
-            _preload_content=False,
-            _request_timeout=(10, seconds + 60),
+        resp = self._api.watch(
+            "/api/v1/pods",
+            {
+                "fieldSelector": self._selector,
+                "allowWatchBookmarks": True,
+                "resourceVersion": self._rv,
+                "timeoutSeconds": seconds,
+            },
+            timeout=(10, seconds + 60),
         )
         self._resp = resp
         try:
@@ -543,7 +521,7 @@ class KubePodSource:
         self._failures += 1
         if self._down_since is None:
             self._down_since = time.monotonic()
-        status = getattr(exc, "status", None) if isinstance(exc, ApiException) else None
+        status = getattr(exc, "status", None) if isinstance(exc, ApiError) else None
         if status in (401, 403):
             self._refused.log(
                 logging.ERROR,
@@ -593,7 +571,7 @@ class KubePodSource:
                     break
                 need_list, why = True, str(exc)
                 self._failed(exc)
-            except ApiException as exc:
+            except ApiError as exc:
                 if self._stop.is_set():
                     break
                 if exc.status == 410:
@@ -671,7 +649,8 @@ class _PeerFeed:
     def __init__(
         self,
         kind: str,
-        call: Callable[..., Any],
+        api: KubeApi | None,
+        path: str,
         tables: PeerTables,
         stop: threading.Event,
         *,
@@ -686,7 +665,8 @@ class _PeerFeed:
         self.kind = kind
         self.synced = threading.Event()  # set by the first complete list
         self.rv = ""
-        self._call = call
+        self._api = api
+        self._path = path
         self._tables = tables
         self._stop = stop
         self._server = server
@@ -706,10 +686,15 @@ class _PeerFeed:
         if resp is not None:
             _abort(resp)
 
-    def _kwargs(self, **kwargs: Any) -> dict[str, Any]:
+    def _query(self, **query: str | int | bool) -> dict[str, str | int | bool]:
         if self._selector:
-            kwargs["field_selector"] = self._selector
-        return {**kwargs, "_preload_content": False}
+            query["fieldSelector"] = self._selector
+        return query
+
+    def _get_api(self) -> KubeApi:
+        if self._api is None:
+            raise ValueError(f"no API client to list {self.kind}")
+        return self._api
 
     def relist(self, why: str) -> None:
         """Every object now (a consistent read, page by page) into a fresh index, installed
@@ -717,10 +702,10 @@ class _PeerFeed:
         index = self._tables.fresh(self.kind)
         token = ""
         while True:
-            kwargs = self._kwargs(limit=self._page_size, _request_timeout=(10, 60))
+            query = self._query(limit=self._page_size)
             if token:
-                kwargs["_continue"] = token
-            doc = _json(self._call(**kwargs))
+                query["continue"] = token
+            doc = self._get_api().get(self._path, query, timeout=(10, 60))
             items = doc.get("items")
             for item in items if isinstance(items, list) else []:
                 if isinstance(item, Mapping):
@@ -746,14 +731,10 @@ class _PeerFeed:
     def _watch_once(self) -> None:
         lo, hi = self._watch_seconds
         seconds = random.randint(lo, hi)
-        resp = self._call(
-            **self._kwargs(
-                watch=True,
-                allow_watch_bookmarks=True,
-                resource_version=self.rv,
-                timeout_seconds=seconds,
-                _request_timeout=(10, seconds + 60),
-            )
+        resp = self._get_api().watch(
+            self._path,
+            self._query(allowWatchBookmarks=True, resourceVersion=self.rv, timeoutSeconds=seconds),
+            timeout=(10, seconds + 60),
         )
         self._resp = resp
         try:
@@ -795,7 +776,7 @@ class _PeerFeed:
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
-        status = getattr(exc, "status", None) if isinstance(exc, ApiException) else None
+        status = getattr(exc, "status", None) if isinstance(exc, ApiError) else None
         grant, missing = _PEER_RBAC[self.kind]
         if status in (401, 403):
             self._refused.log(
@@ -837,7 +818,7 @@ class _PeerFeed:
                     break
                 need_list, why = True, str(exc)
                 self._failed(exc)
-            except ApiException as exc:
+            except ApiError as exc:
                 if self._stop.is_set():
                     break
                 if exc.status == 410:
@@ -869,7 +850,7 @@ class KubePeerDirectory:
 
     def __init__(
         self,
-        api_client: Any,
+        api: KubeApi,
         *,
         server: str,
         credentials: str,
@@ -879,10 +860,8 @@ class KubePeerDirectory:
     ) -> None:
         self.server = server
         self.tables = PeerTables()
-        self._api = api_client
+        self._api = api
         self._stop = threading.Event()
-        core: Any = k8s_client.CoreV1Api(api_client)
-        discovery: Any = k8s_client.DiscoveryV1Api(api_client)
         common: dict[str, Any] = {
             "outage": _PeerOutage(server),
             "server": server,
@@ -892,12 +871,10 @@ class KubePeerDirectory:
             "page_size": page_size,
         }
         self.feeds = (
+            _PeerFeed("pods", api, "/api/v1/pods", self.tables, self._stop, selector=PEER_POD_SELECTOR, **common),
+            _PeerFeed("services", api, "/api/v1/services", self.tables, self._stop, **common),
             _PeerFeed(
-                "pods", core.list_pod_for_all_namespaces, self.tables, self._stop, selector=PEER_POD_SELECTOR, **common
-            ),
-            _PeerFeed("services", core.list_service_for_all_namespaces, self.tables, self._stop, **common),
-            _PeerFeed(
-                "endpointslices", discovery.list_endpoint_slice_for_all_namespaces, self.tables, self._stop, **common
+                "endpointslices", api, "/apis/discovery.k8s.io/v1/endpointslices", self.tables, self._stop, **common
             ),
         )
         self._started = False
@@ -946,11 +923,11 @@ class KubePeerDirectory:
     close = stop
 
 
-def make_peer_directory(api_client: Any, *, server: str, credentials: str) -> KubePeerDirectory:
-    """A directory of the cluster's pods and Services over ``api_client`` (not started: call
+def make_peer_directory(api: KubeApi, *, server: str, credentials: str) -> KubePeerDirectory:
+    """A directory of the cluster's pods and Services over ``api`` (not started: call
     :meth:`KubePeerDirectory.start`, and :meth:`KubePeerDirectory.stop` at the end; the
-    directory closes ``api_client`` then, so give it one of its own)."""
-    return KubePeerDirectory(api_client, server=server, credentials=credentials)
+    directory closes ``api`` then, so give it one of its own)."""
+    return KubePeerDirectory(api, server=server, credentials=credentials)
 
 
 def open_peer_directory(target: ApiTarget, wait: float = 10.0) -> KubePeerDirectory:
@@ -958,9 +935,7 @@ def open_peer_directory(target: ApiTarget, wait: float = 10.0) -> KubePeerDirect
     waits up to ``wait`` seconds for the first lists (never fails for the API: peers are
     named once it answers)."""
     cfg = load_configuration(target)
-    directory = make_peer_directory(
-        k8s_client.ApiClient(configuration=cfg), server=str(cfg.host), credentials=target.description
-    )
+    directory = make_peer_directory(api_client(cfg), server=cfg.host, credentials=target.description)
     directory.start()
     if wait > 0 and not directory.wait_synced(wait):
         _logger.warning(
@@ -972,30 +947,81 @@ def open_peer_directory(target: ApiTarget, wait: float = 10.0) -> KubePeerDirect
 # -- construction -----------------------------------------------------------------------------
 
 
-def load_configuration(target: ApiTarget) -> Any:
-    """A client Configuration for ``target``; ConfigError when it cannot be loaded."""
-    cfg = k8s_client.Configuration()
-    loaders: Any = k8s_config  # untyped in some client versions
+def api_client(cfg: ApiConfig) -> KubeApi:
+    """A transport of its own over ``cfg`` (each source and directory closes its own)."""
+    return KubeApi(cfg, user_agent=f"otel-podnet/{__version__}")
+
+
+def load_configuration(
+    target: ApiTarget,
+    *,
+    env: Mapping[str, str] | None = None,
+    token_file: Path | None = None,
+    ca_file: Path = SERVICE_ACCOUNT_CA,
+) -> ApiConfig:
+    """The transport's configuration for ``target``; ConfigError when it cannot be loaded.
+
+    In-cluster: from ``env`` (the process's by default), ``token_file`` (the service
+    account's, as otel_podnet.kube_source found it) and ``ca_file``, without importing the
+    official client. A kubeconfig: loaded by the official client's loader (client
+    certificates, tokens, exec and auth-provider plugins with their refresh)."""
     try:
         if target.in_cluster:
-            loaders.load_incluster_config(client_configuration=cfg)
-        else:
-            loaders.load_kube_config(config_file=str(target.kubeconfig), client_configuration=cfg, persist_config=False)
+            return in_cluster_config(env, token_file or kube_source.SERVICE_ACCOUNT_TOKEN, ca_file)
+        return _kubeconfig(target)
     except Exception as exc:  # the loaders raise anything from ConfigException to KeyError
         detail = describe(exc) if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"{target.description}: {detail}; expected a usable Kubernetes config (a server and credentials)"
         ) from None
-    cfg.retries = 0  # retrying is ours, with backoff; urllib3's would also log a warning per attempt
-    return cfg
 
 
-def open_source(target: ApiTarget, node_name: str, first_list_timeout: float = 30.0) -> KubePodSource:
-    """The started source of ``node_name``'s pods from the API ``target`` points at."""
-    cfg = load_configuration(target)
-    api = k8s_client.ApiClient(configuration=cfg)
+def _kubeconfig(target: ApiTarget) -> ApiConfig:
+    """A kubeconfig through the official client's loader, imported here only."""
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+
+    cfg: Any = k8s_client.Configuration()
+    loaders: Any = k8s_config  # untyped in some client versions
+    loaders.load_kube_config(config_file=str(target.kubeconfig), client_configuration=cfg, persist_config=False)
+
+    def authorization() -> str | None:
+        # runs the loader's refresh hook (exec plugins, OIDC) before answering, as the client does
+        value = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+        return str(value) if value else None
+
+    return ApiConfig(
+        host=str(cfg.host),
+        authorization=authorization,
+        ca_file=cfg.ssl_ca_cert,
+        cert_file=cfg.cert_file,
+        key_file=cfg.key_file,
+        verify=bool(cfg.verify_ssl),
+        assert_hostname=getattr(cfg, "assert_hostname", None),
+        tls_server_name=getattr(cfg, "tls_server_name", None),
+        proxy=cfg.proxy,
+        proxy_headers=getattr(cfg, "proxy_headers", None),
+    )
+
+
+def open_source(
+    target: ApiTarget,
+    node_name: str,
+    first_list_timeout: float = 30.0,
+    *,
+    env: Mapping[str, str] | None = None,
+    token_file: Path | None = None,
+    ca_file: Path = SERVICE_ACCOUNT_CA,
+) -> KubePodSource:
+    """The started source of ``node_name``'s pods from the API ``target`` points at (the
+    in-cluster files as :func:`load_configuration` takes them)."""
+    cfg = load_configuration(target, env=env, token_file=token_file, ca_file=ca_file)
     source = KubePodSource(
-        api, node_name, server=str(cfg.host), credentials=target.description, first_list_timeout=first_list_timeout
+        api_client(cfg),
+        node_name,
+        server=cfg.host,
+        credentials=target.description,
+        first_list_timeout=first_list_timeout,
     )
     try:
         source.start()

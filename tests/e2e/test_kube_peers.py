@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_podnet.kube import KubePeerDirectory, load_configuration
+from otel_podnet.kube import KubePeerDirectory, api_client, load_configuration
 from otel_podnet.kube_source import ApiTarget
 from otel_podnet.peerinfo import PeerWorkload, ServiceRef
 
@@ -150,11 +150,7 @@ def cluster_ip(svc: Obj) -> str:
 def directory(kubeconfig: Path, **kwargs: Any) -> Iterator[KubePeerDirectory]:
     """The directory over ``kubeconfig``, started and synced; stopped after."""
     cfg = load_configuration(ApiTarget(False, kubeconfig, f"kubeconfig {kubeconfig}"))
-    from kubernetes import client as k8s_client
-
-    d = KubePeerDirectory(
-        k8s_client.ApiClient(configuration=cfg), server=str(cfg.host), credentials=str(kubeconfig), **kwargs
-    )
+    d = KubePeerDirectory(api_client(cfg), server=cfg.host, credentials=str(kubeconfig), **kwargs)
     d.start()
     try:
         assert d.wait_synced(60), "the directory did not list pods, services and endpointslices within 60 s"
@@ -427,10 +423,8 @@ def test_without_services_rbac_pods_still_resolve(
         api, ns, [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
     )
     try:
-        from kubernetes import client as k8s_client
-
         cfg = load_configuration(ApiTarget(False, kubeconfig, f"kubeconfig {kubeconfig}"))
-        d = KubePeerDirectory(k8s_client.ApiClient(configuration=cfg), server=str(cfg.host), credentials="sa")
+        d = KubePeerDirectory(api_client(cfg), server=cfg.host, credentials="sa")
         with caplog.at_level(logging.ERROR, logger="otel_podnet.kube"):
             d.start()
             try:

@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 import urllib3
-from kubernetes import client as k8s_client
-from kubernetes.client.exceptions import ApiException
 
 from otel_podnet import kube, kube_source
 from otel_podnet.kube import KubePodSource, backoff_delay, describe, first_list_error
 from otel_podnet.kube_source import ApiTarget, choose_target, maybe_api_source
+from otel_podnet.kubeapi import ApiConfig, ApiError, KubeApi
 from otel_podnet.owners import workload_from_owner_object
 from otel_podnet.settings import ConfigError, NotReady, Settings
 
@@ -140,7 +139,7 @@ def test_workload_from_owner_object() -> None:
 
 def make_source(**kw: Any) -> KubePodSource:
     return KubePodSource(
-        k8s_client.ApiClient(k8s_client.Configuration()), "n1", server=SERVER, credentials="kubeconfig k", **kw
+        KubeApi(ApiConfig(SERVER, lambda: None)), "n1", server=SERVER, credentials="kubeconfig k", **kw
     )
 
 
@@ -178,13 +177,14 @@ def test_forbidden_or_missing_owner_falls_back_to_labels_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     src = make_source()
-    forbidden = ApiException(status=403, reason="Forbidden")
-    forbidden.body = json.dumps({"message": 'replicasets.apps "a-1f" is forbidden: User "u" cannot get ...'})
+    forbidden = ApiError(
+        403, "Forbidden", json.dumps({"message": 'replicasets.apps "a-1f" is forbidden: User "u" cannot get ...'})
+    )
     api = OwnerApi(
         {
             ("ReplicaSet", "shop", "a-1f"): forbidden,
             ("ReplicaSet", "shop", "b-2e"): forbidden,
-            ("Job", "shop", "j"): ApiException(status=404, reason="Not Found"),
+            ("Job", "shop", "j"): ApiError(404, "Not Found", ""),
         }
     )
     monkeypatch.setattr(src, "get_owner", api)
@@ -331,10 +331,9 @@ def test_relist_replaces_the_view_at_once(caplog: pytest.LogCaptureFixture) -> N
 # -- errors ---------------------------------------------------------------------------------
 
 
-def api_error(status: int, message: str | None) -> ApiException:
-    exc = ApiException(status=status, reason={401: "Unauthorized", 403: "Forbidden"}.get(status, "x"))
-    exc.body = json.dumps({"kind": "Status", "message": message}) if message is not None else None
-    return exc
+def api_error(status: int, message: str | None) -> ApiError:
+    body = json.dumps({"kind": "Status", "message": message}) if message is not None else ""
+    return ApiError(status, {401: "Unauthorized", 403: "Forbidden"}.get(status, "x"), body)
 
 
 def test_first_list_errors_name_the_credentials_and_permission() -> None:
@@ -380,12 +379,8 @@ def closed_port() -> int:
 
 
 def test_unreachable_api_at_start_gives_up_after_the_timeout(tmp_path: Path) -> None:
-    cfg = k8s_client.Configuration()
-    cfg.host = f"https://127.0.0.1:{closed_port()}"
-    cfg.retries = 0
-    src = KubePodSource(
-        k8s_client.ApiClient(cfg), "n1", server=cfg.host, credentials="kubeconfig k", first_list_timeout=1.5
-    )
+    cfg = ApiConfig(f"https://127.0.0.1:{closed_port()}", lambda: None)
+    src = KubePodSource(KubeApi(cfg), "n1", server=cfg.host, credentials="kubeconfig k", first_list_timeout=1.5)
     t0 = time.monotonic()
     with pytest.raises(NotReady) as e:
         src.start()
@@ -400,8 +395,8 @@ def test_unreachable_api_at_start_gives_up_after_the_timeout(tmp_path: Path) -> 
 
 
 class Resp:
-    """A response fetched with _preload_content=False: a body, or a watch stream of events
-    that, when ``hold``, stays open until shut down (as a live watch does)."""
+    """An API answer: a body, or a watch stream of events that, when ``hold``, stays open
+    until shut down (as a live watch does)."""
 
     def __init__(
         self,
@@ -410,7 +405,7 @@ class Resp:
         hold: bool = False,
         gate: threading.Event | None = None,
     ) -> None:
-        self.data = json.dumps(body).encode() if body is not None else b""
+        self.body = body
         self.events = events
         self.hold = hold
         self.gate = gate
@@ -433,20 +428,30 @@ class Resp:
         self.closed.set()
 
 
-class ScriptedCore:
-    """CoreV1Api stand-in: list and watch answers in order (an exception is raised)."""
+class ScriptedApi:
+    """KubeApi stand-in: list (get) and watch answers in order (an exception is raised)."""
 
     def __init__(self, lists: list[Any], watches: list[Any]) -> None:
         self.lists, self.watches = lists, watches
         self.calls: list[dict[str, Any]] = []
 
-    def list_pod_for_all_namespaces(self, **kw: Any) -> Any:
-        self.calls.append(kw)
-        queue = self.watches if kw.get("watch") else self.lists
+    def _answer(self, path: str, query: Any, watch: bool) -> Any:
+        assert path == "/api/v1/pods"
+        self.calls.append({**query, "watch": watch})
+        queue = self.watches if watch else self.lists
         got = queue.pop(0) if queue else Resp(hold=True)
         if isinstance(got, BaseException):
             raise got
         return got
+
+    def get(self, path: str, query: Any = None, *, timeout: Any) -> Any:
+        return self._answer(path, query, False).body
+
+    def watch(self, path: str, query: Any, *, timeout: Any) -> Any:
+        return self._answer(path, query, True)
+
+    def close(self) -> None:
+        pass
 
 
 def pod_list(rv: str, *pods: dict[str, Any]) -> Resp:
@@ -462,7 +467,7 @@ def wait_until(check: Any, timeout: float = 5.0) -> None:
 
 def test_list_watch_410_relist_resumes_from_the_new_version(monkeypatch: pytest.MonkeyPatch) -> None:
     gate = threading.Event()
-    core = ScriptedCore(
+    core = ScriptedApi(
         lists=[
             pod_list("10", pod("a", "u-a", "10.0.0.1"), pod("b", "u-b", "10.0.0.2")),
             pod_list("30", pod("a", "u-a", "10.0.0.7"), pod("c", "u-c", "10.0.0.3"), pod("d", "u-d", "10.0.0.4")),
@@ -480,7 +485,7 @@ def test_list_watch_410_relist_resumes_from_the_new_version(monkeypatch: pytest.
         ],
     )
     src = make_source()
-    monkeypatch.setattr(src, "_core", core)
+    monkeypatch.setattr(src, "_api", core)
     monkeypatch.setattr(src, "_check_watch_allowed", lambda: None)
     src.start()
     try:
@@ -493,10 +498,10 @@ def test_list_watch_410_relist_resumes_from_the_new_version(monkeypatch: pytest.
         src.close()
     first_watch, second_watch = core.calls[1], core.calls[3]
     for w in (first_watch, second_watch):
-        assert w["watch"] is True and w["allow_watch_bookmarks"] is True
-        assert w["field_selector"] == "spec.nodeName=n1" and w["_preload_content"] is False
-    assert first_watch["resource_version"] == "10" and second_watch["resource_version"] == "30"
-    assert core.calls[0]["field_selector"] == core.calls[2]["field_selector"] == "spec.nodeName=n1"
+        assert w["watch"] is True and w["allowWatchBookmarks"] is True
+        assert w["fieldSelector"] == "spec.nodeName=n1"
+    assert first_watch["resourceVersion"] == "10" and second_watch["resourceVersion"] == "30"
+    assert core.calls[0]["fieldSelector"] == core.calls[2]["fieldSelector"] == "spec.nodeName=n1"
 
 
 def test_api_down_keeps_the_view_and_retries_with_backoff(
@@ -506,7 +511,7 @@ def test_api_down_keeps_the_view_and_retries_with_backoff(
         None, "/api/v1/pods", urllib3.exceptions.NewConnectionError(object(), "[Errno 111] Connection refused")
     )
     denied = api_error(403, 'pods is forbidden: User "u" cannot watch resource "pods"')
-    core = ScriptedCore(
+    core = ScriptedApi(
         lists=[pod_list("10", pod("a", "u-a", "10.0.0.1"))],
         watches=[
             refused,
@@ -516,7 +521,7 @@ def test_api_down_keeps_the_view_and_retries_with_backoff(
         ],
     )
     src = make_source(backoff_cap=0.05)
-    monkeypatch.setattr(src, "_core", core)
+    monkeypatch.setattr(src, "_api", core)
     monkeypatch.setattr(src, "_check_watch_allowed", lambda: None)
     with caplog.at_level(logging.INFO, logger="otel_podnet.kube"):
         src.start()
@@ -526,7 +531,7 @@ def test_api_down_keeps_the_view_and_retries_with_backoff(
             assert src.refresh() and set(src.pods()) == {"u-a", "u-e"}  # the view survived, then moved on
         finally:
             src.close()
-    assert [c["resource_version"] for c in core.calls[1:5]] == ["10"] * 4  # resumed, never relisted
+    assert [c["resourceVersion"] for c in core.calls[1:5]] == ["10"] * 4  # resumed, never relisted
     trouble = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(trouble) == 2  # rate-limited: the second refusal is counted, not logged
     assert trouble[0][0] == logging.WARNING

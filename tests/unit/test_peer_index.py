@@ -327,7 +327,7 @@ def test_lookups_while_a_thread_applies_events(items: list[Obj]) -> None:
 
 def test_feed_events_move_the_resource_version(items: list[Obj]) -> None:
     t = PeerTables()
-    feed = kube._PeerFeed("pods", lambda **_: None, t, threading.Event(), server="https://x", credentials="c")
+    feed = kube._PeerFeed("pods", None, "/api/v1/pods", t, threading.Event(), server="https://x", credentials="c")
     solo = item(items, "Pod", "solo")
     feed.apply_event({"type": "ADDED", "object": solo})
     assert feed.rv == solo["metadata"]["resourceVersion"] and t.pod_by_ip("10.250.1.3") == W("solo", "pod")
