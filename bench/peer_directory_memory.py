@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from otel_podnet.kube import KubePeerDirectory, load_configuration
+from otel_podnet.kube import KubePeerDirectory, api_client, load_configuration
 from otel_podnet.kube_source import ApiTarget
 from otel_podnet.peerinfo import PeerWorkload
 from tests.e2e.apiserver import ApiServer, run_apiserver
@@ -137,7 +138,10 @@ class Writer:
     TLS connection per request, as tests/e2e/apiserver.py makes them, is ten times slower."""
 
     def __init__(self, api: ApiServer, workers: int) -> None:
-        cfg = load_configuration(ApiTarget(False, api.admin_kubeconfig, "bench"))
+        cfg: Any = k8s_client.Configuration()
+        loaders: Any = k8s_config
+        loaders.load_kube_config(config_file=str(api.admin_kubeconfig), client_configuration=cfg, persist_config=False)
+        cfg.retries = 0
         cfg.connection_pool_maxsize = workers
         self.client = k8s_client.ApiClient(configuration=cfg)
         self.core: Any = k8s_client.CoreV1Api(self.client)
@@ -228,9 +232,7 @@ class Writer:
 
 def sync(kubeconfig: Path, page_size: int) -> tuple[KubePeerDirectory, float]:
     cfg = load_configuration(ApiTarget(False, kubeconfig, "bench"))
-    d = KubePeerDirectory(
-        k8s_client.ApiClient(configuration=cfg), server=str(cfg.host), credentials="bench", page_size=page_size
-    )
+    d = KubePeerDirectory(api_client(cfg), server=cfg.host, credentials="bench", page_size=page_size)
     began = time.monotonic()
     d.start()
     if not d.wait_synced(600):
@@ -239,19 +241,15 @@ def sync(kubeconfig: Path, page_size: int) -> tuple[KubePeerDirectory, float]:
 
 
 def warm_up(kubeconfig: Path) -> None:
-    """One call of each list method the directory uses, with a throwaway client: the
-    kubernetes client (v37) builds a pydantic validator per API method on its first call,
-    which the agent's pod source has paid for already for pods; its RSS is reported apart."""
+    """One call of each list the directory makes, with a throwaway client (the transport's
+    first requests: TLS context, connection pool); its RSS is reported apart."""
     cfg = load_configuration(ApiTarget(False, kubeconfig, "bench"))
-    with k8s_client.ApiClient(configuration=cfg) as client:
-        core: Any = k8s_client.CoreV1Api(client)
-        discovery: Any = k8s_client.DiscoveryV1Api(client)
-        for call in (
-            core.list_pod_for_all_namespaces,
-            core.list_service_for_all_namespaces,
-            discovery.list_endpoint_slice_for_all_namespaces,
-        ):
-            json.loads(call(limit=1, _preload_content=False).data)
+    client = api_client(cfg)
+    try:
+        for path in ("/api/v1/pods", "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices"):
+            client.get(path, {"limit": 1}, timeout=(10, 60))
+    finally:
+        client.close()
 
 
 def measure(kubeconfig: Path, page_size: int, expect_file: Path) -> int:
