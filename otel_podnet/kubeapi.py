@@ -1,12 +1,13 @@
 """A small REST transport to the Kubernetes API, without the ``kubernetes`` package.
 
 otel_podnet.kube makes every request with JSON paths and decodes the answers itself, so the
-official client's generated API classes and models (~30 MiB of resident memory once
-imported) buy nothing. This module has what it needs: GET and POST of JSON, watch streams,
-an error carrying the HTTP status, reason and body, and the in-cluster configuration (the
-DaemonSet's) built from the service account files. A kubeconfig is still loaded by the
-official client's loader (otel_podnet.kube.load_configuration, on that path only), which
-fills an :class:`ApiConfig`.
+official client's generated API classes and models (18 MiB resident at import, more once
+its API methods run: bench/README.md) buy nothing. This module has what it needs: GET and
+POST of JSON, watch streams, an error carrying the HTTP status, reason and body, and the
+in-cluster configuration (the DaemonSet's) built from the service account files. A
+kubeconfig is still loaded by the official client's loader
+(otel_podnet.kube.load_configuration, on that path only), which fills an
+:class:`ApiConfig`.
 
 Design decisions:
 
