@@ -966,10 +966,11 @@ def load_configuration(
     account's, as otel_podnet.kube_source found it) and ``ca_file``, without importing the
     official client. A kubeconfig: loaded by the official client's loader (client
     certificates, tokens, exec and auth-provider plugins with their refresh)."""
+    loaders = None if target.in_cluster else _official_loaders(target)
     try:
-        if target.in_cluster:
+        if loaders is None:
             return in_cluster_config(env, token_file or kube_source.SERVICE_ACCOUNT_TOKEN, ca_file)
-        return _kubeconfig(target)
+        return _kubeconfig(target, *loaders)
     except Exception as exc:  # the loaders raise anything from ConfigException to KeyError
         detail = describe(exc) if str(exc).strip() else type(exc).__name__
         raise ConfigError(
@@ -977,13 +978,23 @@ def load_configuration(
         ) from None
 
 
-def _kubeconfig(target: ApiTarget) -> ApiConfig:
-    """A kubeconfig through the official client's loader, imported here only."""
-    from kubernetes import client as k8s_client
-    from kubernetes import config as k8s_config
+def _official_loaders(target: ApiTarget) -> tuple[Any, Any]:
+    """The official client's Configuration class and config loaders, imported here only
+    (for a kubeconfig); ConfigError when the package is missing."""
+    try:
+        from kubernetes import client as k8s_client
+        from kubernetes import config as k8s_config
+    except ImportError as exc:
+        raise ConfigError(
+            f"{target.description}: the Kubernetes API needs the Python package 'kubernetes' ({exc}); "
+            "expected it installed with otel-podnet"
+        ) from exc
+    return k8s_client.Configuration, k8s_config  # the loaders are untyped in some client versions
 
-    cfg: Any = k8s_client.Configuration()
-    loaders: Any = k8s_config  # untyped in some client versions
+
+def _kubeconfig(target: ApiTarget, configuration: Any, loaders: Any) -> ApiConfig:
+    """A kubeconfig through the official client's loader."""
+    cfg: Any = configuration()
     loaders.load_kube_config(config_file=str(target.kubeconfig), client_configuration=cfg, persist_config=False)
 
     def authorization() -> str | None:

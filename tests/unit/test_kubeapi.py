@@ -204,3 +204,27 @@ print(sorted(m for m in sys.modules if m == "kubernetes" or m.startswith("kubern
     lines = out.stdout.splitlines()
     assert lines[0].endswith("unreachable: [Errno 111] Connection refused (retried for 0.3 s)"), out.stdout
     assert lines[1] == "[]"
+
+
+def test_a_kubeconfig_without_the_kubernetes_package_is_the_same_one_line_error(tmp_path: Path) -> None:
+    """The official client is needed for a kubeconfig only; without it, the error the agent
+    gave before (when kube.py imported it at once)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    code = f"""
+import sys
+from pathlib import Path
+sys.modules["kubernetes"] = None  # not installed
+from otel_podnet import kube
+from otel_podnet.kube_source import ApiTarget
+from otel_podnet.settings import ConfigError
+try:
+    kube.load_configuration(ApiTarget(False, Path({str(kubeconfig)!r}), "kubeconfig k"))
+except ConfigError as exc:
+    print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == (
+        "kubeconfig k: the Kubernetes API needs the Python package 'kubernetes' (import of kubernetes halted; None in "
+        "sys.modules); expected it installed with otel-podnet"
+    )
