@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from otel_podnet import kube
+from otel_podnet import kube, kube_source
 from otel_podnet.kube_source import choose_target
-from otel_podnet.settings import Settings
+from otel_podnet.settings import ConfigError, Settings
 
 from .apiserver import ApiServer
 from .conftest import gateway, wait_for
@@ -162,6 +162,30 @@ def test_in_cluster_source_sees_the_exact_pods_and_follows_the_token(
         assert set(view(source)) == {web, solo, late}
     finally:
         source.close()
+
+
+def test_a_ca_that_is_not_the_servers_is_one_line(
+    kube_apiserver: ApiServer, manifest_sa: tuple[str, str], tmp_path: Path
+) -> None:
+    api = kube_apiserver
+    other_ca = tmp_path / "other-ca.crt"
+    key = tmp_path / "other-ca.key"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    subprocess.run(
+        ["openssl", "req", "-x509", *ec, "-keyout", str(key), "-out", str(other_ca), "-subj", "/CN=another-ca"],
+        check=True,
+        capture_output=True,
+    )
+    token, _ = bound_token(api, manifest_sa, f"holder-{secrets.token_hex(3)}")
+    sa = ServiceAccountDir(tmp_path / "serviceaccount", token, other_ca, manifest_sa[0])
+    desc = f"the in-cluster service account token {sa.token_file}"
+    target = kube_source.ApiTarget(True, None, desc)
+    with pytest.raises(ConfigError) as e:
+        kube.open_source(target, NODE, env=in_cluster_env(api), token_file=sa.token_file, ca_file=sa.ca_file)
+    assert str(e.value) == (
+        f"Kubernetes API at {api.url}: TLS certificate verification failed; expected the server's certificate "
+        f"authority in {desc}"
+    )
 
 
 def test_in_cluster_source_never_imports_kubernetes(
