@@ -168,7 +168,7 @@ def _query_value(value: str | int | bool) -> str:
 class KubeApi:
     """GET and POST of JSON and watch streams against one API server (thread-safe)."""
 
-    def __init__(self, config: ApiConfig, *, user_agent: str = "otel-podnet", maxsize: int = 4) -> None:
+    def __init__(self, config: ApiConfig, *, user_agent: str = "otel-podnet", maxsize: int = 8) -> None:
         self.config = config
         self.host = config.host.rstrip("/")
         self.user_agent = user_agent
