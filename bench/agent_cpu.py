@@ -23,7 +23,10 @@ thread of the process) at mid-interval, again ``--intervals`` intervals later, a
 per request (this node's pods, the node Resource, and other pods the agent sees by cgroup:
 on this shared machine other simulated nodes' pods are reported too).
 
-``--profile DIR`` runs the agent under ``python3 -m cProfile -o DIR/MODE.prof``.
+``--profile DIR`` runs the agent under ``python3 -m cProfile -o DIR/MODE.prof`` (its main thread
+only); ``--py-spy DIR`` samples every thread with py-spy (``pip install py-spy``) while
+measuring, into DIR/MODE.txt (collapsed stacks); ``--tree DIR``
+runs the agent of another checkout (with its built BPF object), e.g. main for a before/after.
 
 Numbers are printed, never asserted (bench/, not tests/).
 """
@@ -193,7 +196,13 @@ def _ready(port: int) -> bool:
 
 @contextlib.contextmanager
 def agent(
-    pods_file: Path, node_name: str, interval: float, exporter_args: list[str], env: dict[str, str], prof: Path | None
+    tree: Path,
+    pods_file: Path,
+    node_name: str,
+    interval: float,
+    exporter_args: list[str],
+    env: dict[str, str],
+    prof: Path | None,
 ) -> Iterator[subprocess.Popen[str]]:
     health = free_port()
     py = [sys.executable] + (["-m", "cProfile", "-o", str(prof)] if prof else [])
@@ -217,7 +226,8 @@ def agent(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree), **env},
     )
     try:
         deadline = time.monotonic() + 120
@@ -239,14 +249,21 @@ def agent(
 
 
 def measure(
-    proc: subprocess.Popen[str], ready_at: float, interval: float, warmup: int, intervals: int
+    proc: subprocess.Popen[str], ready_at: float, interval: float, warmup: int, intervals: int, py_spy: str | None
 ) -> dict[str, Any]:
     """CPU over ``intervals`` intervals from mid-interval after the warm-up."""
     t0 = ready_at + (warmup + 0.5) * interval
     time.sleep(max(0.0, t0 - time.monotonic()))
+    spy = None
+    if py_spy:  # samples every thread; its own CPU is its own process's, not the agent's
+        argv = ["py-spy", "record", "-p", str(proc.pid), "-r", "250", "-d", str(int(intervals * interval))]
+        argv += ["-f", "raw", "-o", py_spy, "--nonblocking", "--threads"]
+        spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     c0, w0 = cpu_seconds(proc.pid), time.monotonic()
     time.sleep(max(0.0, t0 + intervals * interval - time.monotonic()))
     c1, w1 = cpu_seconds(proc.pid), time.monotonic()
+    if spy is not None:
+        spy.wait(60)
     mem = status_kib(proc.pid)
     cpu = c1 - c0
     return {
@@ -319,20 +336,21 @@ def run_mode(
     mode: str, node: SimNode, pods: list[SimPod], pods_file: Path, args: argparse.Namespace, tmp: Path
 ) -> None:
     ours = {p.uid for p in pods}
+    tree = Path(args.tree).resolve()
+    spy = str(Path(args.py_spy) / f"{mode}.txt") if args.py_spy else None
     prof = Path(args.profile) / f"{mode}.prof" if args.profile else None
     print(f"\n== {mode}: {args.intervals} intervals of {args.interval:g} s after {args.warmup} of warm-up", flush=True)
     if mode == "otlp":
         binary = build_otelcol()
         with gateway(binary, tmp / "col") as col:
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": col.grpc_endpoint}
-            with agent(pods_file, node.name, args.interval, [], env, prof) as proc:
+            with agent(tree, pods_file, node.name, args.interval, [], env, prof) as proc:
                 ready = time.monotonic()
-                n0 = len(otlp_json.requests(col.file))
-                m = measure(proc, ready, args.interval, args.warmup, args.intervals)
+                m = measure(proc, ready, args.interval, args.warmup, args.intervals, spy)
                 time.sleep(1.0)
-                reqs = otlp_json.requests(col.file)[n0:]
+                reqs = otlp_json.requests(col.file)[args.warmup + 1 :]  # the first at start, then the warm-up's
         stats = [request_points(r, ours) for r in reqs]
-        print(f"requests the Collector received during the run (after the warm-up's): {len(reqs)}")
+        print(f"requests the Collector received after the warm-up: {len(reqs)}")
         if stats:
             last = stats[-1]
             print(
@@ -347,12 +365,12 @@ def run_mode(
     else:
         port = free_port()
         exp = ["--exporter", "prometheus", "--prometheus-address", f"127.0.0.1:{port}"]
-        with agent(pods_file, node.name, args.interval, exp, {}, prof) as proc:
+        with agent(tree, pods_file, node.name, args.interval, exp, {}, prof) as proc:
             ready = time.monotonic()
             scraper = Scraper(port, args.interval)
             time.sleep(args.interval / 4)  # scrapes at a quarter past each collection
             scraper.start()
-            m = measure(proc, ready, args.interval, args.warmup, args.intervals)
+            m = measure(proc, ready, args.interval, args.warmup, args.intervals, spy)
             scraper.stop.set()
         s = scraper.scrapes
         print(f"scrapes: {len(s)}; last: {s[-1][2] if s else 0} samples, {s[-1][1] / 1024 if s else 0:.0f} KiB")
@@ -373,11 +391,14 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2, help="intervals before the measurement")
     p.add_argument("--mode", action="append", choices=["otlp", "prometheus"], help="default: both")
     p.add_argument("--profile", metavar="DIR", help="run the agent under cProfile, DIR/MODE.prof")
+    p.add_argument("--py-spy", metavar="DIR", help="py-spy record (every thread) while measuring: DIR/MODE.txt")
+    p.add_argument("--tree", default=str(REPO), help="the checkout whose agent runs (default: this one)")
     p.add_argument("--traffic-helper", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.traffic_helper:
         return traffic_helper(args.traffic_helper)
 
+    print(f"agent from {Path(args.tree).resolve()}", flush=True)
     print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
     with SimNode(find_cgroup2_mount()) as node, tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
