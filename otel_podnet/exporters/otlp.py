@@ -308,8 +308,8 @@ class OtlpExporter:
         self, samples: list[PodSample], snapshot: Snapshot, pods: Mapping[str, PodInfo]
     ) -> tuple[list[tuple[str | None, Attrs, list[Group]]], dict[SeriesKey, float], dict[SeriesKey, KernelHistogram]]:
         """Per owner (a pod's UID, None for the node): its Resource attributes and metrics,
-        the points' values as they go out (deltas in delta mode); and the cumulative
-        values, which become the delta state once the export succeeded."""
+        the points' values as they go out (deltas in delta mode); and, in delta mode, the
+        cumulative values, which become the delta state once the export succeeded."""
         values: dict[SeriesKey, float] = {}
         hists: dict[SeriesKey, KernelHistogram] = {}
         out = []
@@ -355,10 +355,10 @@ class OtlpExporter:
         by_metric: dict[str, list[tuple[Attrs, Any, int]]] = {}
         temporality = AggregationTemporality.DELTA if self._delta else AggregationTemporality.CUMULATIVE
         for d, attrs, h in pod_histograms(s.counters):
-            key: SeriesKey = (owner, d.name, attrs)
-            hists[key] = h
             start = self._start_ns
             if self._delta:
+                key: SeriesKey = (owner, d.name, attrs)
+                hists[key] = h
                 start = self._last_ok_ns
                 h = h - self._last_hist.get(key, KernelHistogram())
             by_metric.setdefault(d.name, []).append((attrs, h, start))
@@ -371,21 +371,29 @@ class OtlpExporter:
         points: Iterable[tuple[MetricDef, Attrs, Any]],
         values: dict[SeriesKey, float],
     ) -> list[Group]:
-        out = []
-        by_metric: dict[str, list[tuple[Attrs, Any]]] = {}
+        """Points grouped by metric in ``defs`` order. Only delta mode keeps state: each
+        monotonic series' cumulative value, the next delta's base once exported."""
+        by_metric: dict[str, list[tuple[Attrs, Any, int]]] = {}
+        start = self._start_ns
         for md, attrs, value in points:
-            by_metric.setdefault(md.name, []).append((attrs, value))
+            mine = by_metric.get(md.name)
+            if mine is None:
+                mine = by_metric[md.name] = []
+            mine.append((attrs, value, start))
+        out = []
         for d in defs:
-            mine = by_metric.get(d.name)
-            if not mine:
+            dps = by_metric.get(d.name)
+            if not dps:
                 continue
             delta = self._delta and d.monotonic
-            start = self._last_ok_ns if delta else self._start_ns
-            dps = []
-            for attrs, value in mine:
-                key: SeriesKey = (owner, d.name, attrs)
-                values[key] = value
-                dps.append((attrs, value - self._last.get(key, 0) if delta else value, start))
+            if delta:
+                last, ok_ns = self._last, self._last_ok_ns
+                cumulative = dps
+                dps = []
+                for attrs, value, _ in cumulative:
+                    key: SeriesKey = (owner, d.name, attrs)
+                    values[key] = value
+                    dps.append((attrs, value - last.get(key, 0), ok_ns))
             if d.gauge:
                 out.append(Group(d, GAUGE, 0, dps))
             else:

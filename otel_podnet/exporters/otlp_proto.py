@@ -77,8 +77,14 @@ class _Template:
             scope_metrics=[pb.ScopeMetrics(scope=scope, metrics=metrics, schema_url="")],
             schema_url="",
         )
-        # references into the message, in the order fill() walks the groups' points
         self.points: list[Any] = []
+
+    def place(self, request: ExportMetricsServiceRequest) -> None:
+        """Into ``request`` (a copy), then the template is that copy: later intervals set
+        its points where they are, in the request."""
+        request.resource_metrics.append(self.message)
+        self.message = request.resource_metrics[len(request.resource_metrics) - 1]
+        self.points = []  # references into the message, in the order fill() walks them
         for m in self.message.scope_metrics[0].metrics:
             data = m.histogram if m.HasField("histogram") else m.gauge if m.HasField("gauge") else m.sum
             self.points.extend(data.data_points)
@@ -115,29 +121,49 @@ class _Template:
 
 
 class RequestEncoder:
-    """``encode(owners)`` -> the request; owners' templates kept between calls."""
+    """``encode(owners)`` -> the request. The request itself is kept: while the owners and
+    their shapes stay the same, an interval only sets the points' values and times in it
+    (the SDK exporter has sent it before the next interval's ``encode``); when they
+    change, a new request is made of the owners' templates, new ones built."""
 
     def __init__(self, scope_name: str, scope_version: str) -> None:
         self._scope = InstrumentationScope(name=scope_name, version=scope_version)
         self._templates: dict[str | None, _Template] = {}
+        self._shapes: list[tuple[str | None, tuple[Any, ...]]] = []
+        self._request = ExportMetricsServiceRequest()
+        self._points = 0
 
     def encode(self, owners: list[tuple[str | None, Attrs, list[Group]]], now_ns: int) -> ExportMetricsServiceRequest:
-        request = ExportMetricsServiceRequest()
-        out = request.resource_metrics
-        kept: dict[str | None, _Template] = {}
-        for owner, resource, groups in owners:
-            shape = (resource, tuple((g.d.name, g.temporality, tuple(p[0] for p in g.points)) for g in groups))
-            t = self._templates.get(owner)
-            if t is None or t.shape != shape:
-                t = _Template(shape, resource, groups, self._scope)
-            t.fill(groups, now_ns)
-            out.append(t.message)
-            kept[owner] = t
-        self._templates = kept  # owners that left leave nothing behind
-        return request
+        shapes = [
+            (owner, (resource, tuple((g.d.name, g.temporality, tuple([p[0] for p in g.points])) for g in groups)))
+            for owner, resource, groups in owners
+        ]
+        if shapes != self._shapes:
+            request = ExportMetricsServiceRequest()
+            kept: dict[str | None, _Template] = {}
+            for (owner, shape), (_, resource, groups) in zip(shapes, owners, strict=True):
+                t = self._templates.get(owner)
+                if t is None or t.shape != shape:
+                    t = _Template(shape, resource, groups, self._scope)
+                t.place(request)
+                kept[owner] = t
+            self._templates = kept  # owners that left leave nothing behind
+            self._shapes = shapes
+            self._request = request
+            self._points = sum(len(t.points) for t in kept.values())
+        for owner, _, groups in owners:
+            self._templates[owner].fill(groups, now_ns)
+        _counted[:] = [self._request, self._points]
+        return self._request
+
+
+_counted: list[Any] = [None, 0]  # the last request encode() made and its number of points
 
 
 def count_points(request: ExportMetricsServiceRequest) -> int:
+    if _counted[0] is request:
+        n: int = _counted[1]
+        return n
     n = 0
     for rm in request.resource_metrics:
         for sm in rm.scope_metrics:
