@@ -173,8 +173,22 @@ def traffic(node: SimNode, pods: list[SimPod], period: float, tmp: Path) -> Iter
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: every thread
+    return cpu_seconds_of(f"/proc/{pid}/stat")  # utime, stime: every thread, ended ones included
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each live thread of the process, in nanoseconds of run time
+    (schedstat: the scheduler's own account, finer than the stat ticks)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError, ValueError):
+            out[int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+    return out
+
+
+def cpu_seconds_of(stat: str) -> float:
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def status_kib(pid: int) -> dict[str, int]:
@@ -259,9 +273,9 @@ def measure(
         argv = ["py-spy", "record", "-p", str(proc.pid), "-r", "250", "-d", str(int(intervals * interval))]
         argv += ["-f", "raw", "-o", py_spy, "--nonblocking", "--threads"]
         spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    c0, w0 = cpu_seconds(proc.pid), time.monotonic()
+    c0, w0, th0 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
     time.sleep(max(0.0, t0 + intervals * interval - time.monotonic()))
-    c1, w1 = cpu_seconds(proc.pid), time.monotonic()
+    c1, w1, th1 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
     if spy is not None:
         spy.wait(60)
     mem = status_kib(proc.pid)
@@ -271,6 +285,7 @@ def measure(
         "wall_s": w1 - w0,
         "pct": 100 * cpu / (w1 - w0),
         "ms_per_interval": 1000 * cpu / intervals,
+        "threads": {tid: 1000 * (c - th0.get(tid, 0.0)) / intervals for tid, c in th1.items()},
         "rss": mem.get("VmRSS", 0),
         "hwm": mem.get("VmHWM", 0),
     }
@@ -323,6 +338,18 @@ class Scraper(threading.Thread):
                 if ln.startswith("podnet_agent_collection_duration_seconds"):
                     dur = float(ln.rsplit(" ", 1)[1])
             self.scrapes.append((dt, len(body), len(lines), dur))
+
+
+def thread_names(spy: str | None) -> dict[int, str]:
+    """Thread id -> Python thread name, from py-spy's output when there is one."""
+    out: dict[int, str] = {}
+    if spy and Path(spy).exists():
+        for line in Path(spy).read_text().splitlines():
+            head = line.split(";", 1)[0]  # thread (TID): NAME
+            if head.startswith("thread (") and "): " in head:
+                tid, _, name = head[len("thread (") :].partition("): ")
+                out[int(tid)] = name.split(" ")[0]
+    return out
 
 
 def _ms(xs: list[float]) -> str:
@@ -379,6 +406,13 @@ def run_mode(
     print(
         f"agent CPU: {m['cpu_s'] * 1000:.0f} ms over {m['wall_s']:.1f} s = {m['pct']:.3f} % of one core, "
         f"{m['ms_per_interval']:.1f} ms per interval (utime+stime, all threads, {1000 / CLK_TCK:.0f} ms ticks)"
+    )
+    busy = sorted(((ms, tid) for tid, ms in m["threads"].items() if ms > 0), reverse=True)
+    names = thread_names(spy)
+    print(
+        "  per thread (schedstat run time), ms per interval: "
+        + ", ".join(f"{names.get(tid, tid)} {ms:.1f}" for ms, tid in busy)
+        + f" ({len(m['threads'])} threads)"
     )
     print(f"agent memory: VmRSS {m['rss'] / 1024:.1f} MiB, VmHWM {m['hwm'] / 1024:.1f} MiB", flush=True)
 
