@@ -176,6 +176,15 @@ def cpu_seconds(pid: int) -> float:
     return cpu_seconds_of(f"/proc/{pid}/stat")  # utime, stime: every thread, ended ones included
 
 
+def thread_comms(pid: int) -> dict[int, str]:
+    """Thread id -> its name in the kernel (gRPC names its threads; Python's are python3)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            out[int(tid)] = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    return out
+
+
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds of each live thread of the process, in nanoseconds of run time
     (schedstat: the scheduler's own account, finer than the stat ticks)."""
@@ -285,6 +294,7 @@ def measure(
         "wall_s": w1 - w0,
         "pct": 100 * cpu / (w1 - w0),
         "ms_per_interval": 1000 * cpu / intervals,
+        "comms": thread_comms(proc.pid),
         "threads": {tid: 1000 * (c - th0.get(tid, 0.0)) / intervals for tid, c in th1.items()},
         "rss": mem.get("VmRSS", 0),
         "hwm": mem.get("VmHWM", 0),
@@ -408,10 +418,10 @@ def run_mode(
         f"{m['ms_per_interval']:.1f} ms per interval (utime+stime, all threads, {1000 / CLK_TCK:.0f} ms ticks)"
     )
     busy = sorted(((ms, tid) for tid, ms in m["threads"].items() if ms > 0), reverse=True)
-    names = thread_names(spy)
+    names = {**m["comms"], **thread_names(spy)}  # Python's threads are all python3 without py-spy
     print(
         "  per thread (schedstat run time), ms per interval: "
-        + ", ".join(f"{names.get(tid, tid)} {ms:.1f}" for ms, tid in busy)
+        + ", ".join(f"{names.get(tid, '?')}/{tid} {ms:.1f}" for ms, tid in busy)
         + f" ({len(m['threads'])} threads)"
     )
     print(f"agent memory: VmRSS {m['rss'] / 1024:.1f} MiB, VmHWM {m['hwm'] / 1024:.1f} MiB", flush=True)
