@@ -112,6 +112,8 @@ class Datapath:
         self._all_slots = (abi.PodnetCounters * (self._ncpus * self.capacity.slots))()
         self._unpack_row = struct.Struct(f"<{self._words}Q")  # one row, as read_slots sums it
         self._last_read: dict[int, tuple[bytes, Counters]] = {}  # slot -> its bytes and sum
+        self._last_peer_read: dict[int, tuple[bytes, tuple[int, ...]]] = {}  # the same for peer rows
+        self._peer_texts: dict[bytes, str] = {}  # packed remote address -> text
         self._links: list[Link] = []
         self.degraded: tuple[features.Degraded, ...] = ()
 
@@ -314,26 +316,56 @@ class Datapath:
 
     def read_peer_rows(self) -> tuple[list[tuple[int, int, str] | None], list[tuple[int, ...]]]:
         """Every peer row: its owner (slot, used, remote address) for the allocatable rows
-        (None for the slots' overflow rows), and its counters summed over every CPU; two
-        batched reads."""
+        (None for the slots' overflow rows; no address for an unused row), and its counters
+        summed over every CPU; two batched reads.
+
+        As in :meth:`read_slots` (issue 10): a row's CPUs are summed as whole integers, a
+        row of zeros (most of the table) and a row whose bytes did not change since the
+        last read are not summed at all, and an address is turned into text once."""
         rows, n = self.peer_rows, self._ncpus
         owners = (abi.PodnetPeerOwner * rows)()
         self.peer_owner.read_array(owners, rows, ctypes.sizeof(abi.PodnetPeerOwner))
         words = len(abi.PEER_FIELDS)
+        row_size = ctypes.sizeof(abi.PodnetPeerCounters)
+        span = n * row_size
         stats = (abi.PodnetPeerCounters * (rows * n))()
-        self.peer_stats.read_array(stats, rows, n * ctypes.sizeof(abi.PodnetPeerCounters))
-        flat = memoryview(stats).cast("B").cast("Q")
-        values = [
-            tuple(sum(flat[base + f : base + n * words : words]) for f in range(words))
-            for base in range(0, rows * n * words, n * words)
-        ]
-        out: list[tuple[int, int, str] | None] = []
-        for row in range(rows):
-            if row < self.capacity.slots:
-                out.append(None)
+        self.peer_stats.read_array(stats, rows, span)
+        table = memoryview(stats).cast("B")
+        unpack, from_bytes = struct.Struct(f"<{words}Q").unpack, int.from_bytes
+        zero_raw, zero = bytes(span), (0,) * words
+        last, fresh = self._last_peer_read, {}
+        values: list[tuple[int, ...]] = []
+        for base in range(0, rows * span, span):
+            raw = table[base : base + span]
+            if raw == zero_raw:
+                values.append(zero)
                 continue
+            prev = last.get(base)
+            if prev is not None and prev[0] == raw:
+                values.append(prev[1])
+                fresh[base] = prev
+                continue
+            total = 0
+            for off in range(0, span, row_size):
+                total += from_bytes(raw[off : off + row_size], "little")
+            v = unpack(total.to_bytes(row_size + 8, "little")[:row_size])
+            values.append(v)
+            fresh[base] = (raw.tobytes(), v)
+        self._last_peer_read = fresh
+        out: list[tuple[int, int, str] | None] = [None] * self.capacity.slots
+        texts = self._peer_texts
+        for row in range(self.capacity.slots, rows):
             o = owners[row]
-            out.append((int(o.slot), int(o.used), ip_text(bytes(o.addr))))
+            if not o.used:
+                out.append((int(o.slot), 0, ""))
+                continue
+            packed = bytes(o.addr)
+            text = texts.get(packed)
+            if text is None:
+                if len(texts) >= 4 * rows:  # bounded: remote addresses come and go
+                    texts.clear()
+                text = texts[packed] = ip_text(packed)
+            out.append((int(o.slot), int(o.used), text))
         return out, values
 
     def free_peer_row(self, row: int, slot: int, address: str) -> None:

@@ -22,7 +22,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from logging import getLogger
 from typing import Any
 from urllib.parse import urlparse
@@ -65,6 +65,7 @@ from ..series import (
 )
 from ..settings import ConfigError
 from . import ExportStats
+from .otlp_proto import GAUGE, HISTOGRAM, SUM, Group, GrpcExporter, RequestEncoder, http_exporter
 
 _logger = getLogger(__name__)
 SCOPE = InstrumentationScope("otel_podnet", __version__)
@@ -173,12 +174,9 @@ def make_sdk_exporter(env: Mapping[str, str]) -> MetricExporter:
     check_env(env)
     proto = protocol(env)
     if proto == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
-
-        return Grpc()
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
-
-    return Http()
+        return GrpcExporter()
+    exporter: MetricExporter = http_exporter()
+    return exporter
 
 
 # Final samples of departed pods kept through a collector outage: beyond this, the oldest
@@ -206,6 +204,12 @@ class OtlpExporter:
         self._last: dict[SeriesKey, float] = {}
         self._last_hist: dict[SeriesKey, KernelHistogram] = {}
         self._unsent_finals: dict[str, tuple[PodSample, PodInfo | None]] = {}
+        self._resources: dict[str | None, tuple[PodInfo | None, Attrs]] = {}
+        # the SDK's own exporters take the request built directly (otlp_proto); another
+        # MetricExporter (a test's, the console's) gets the SDK's data model
+        self._encoder = None
+        if getattr(self._sdk, "accepts_request", False):
+            self._encoder = RequestEncoder(SCOPE.name, SCOPE.version or "")
         self._max_unsent_finals = max_unsent_finals
         self.finals_dropped = 0
         self._log = RateLimited(_logger, 60.0)
@@ -270,7 +274,12 @@ class OtlpExporter:
                 samples.append(s)
                 if info is not None:
                     pods.setdefault(uid, info)
-        data, values, hists = self.build(samples, snapshot, pods, now_ns)
+        data: Any
+        if self._encoder is not None:
+            owners, values, hists = self.owners(samples, snapshot, pods)
+            data = self._encoder.encode(owners, now_ns)
+        else:
+            data, values, hists = self.build(samples, snapshot, pods, now_ns)
         try:
             result = self._sdk.export(data)
         except Exception as exc:  # a broken exporter must not stop the agent
@@ -295,53 +304,114 @@ class OtlpExporter:
 
     # -- the data model ---------------------------------------------------------------------------
 
+    def owners(
+        self, samples: list[PodSample], snapshot: Snapshot, pods: Mapping[str, PodInfo]
+    ) -> tuple[list[tuple[str | None, Attrs, list[Group]]], dict[SeriesKey, float], dict[SeriesKey, KernelHistogram]]:
+        """Per owner (a pod's UID, None for the node): its Resource attributes and metrics,
+        the points' values as they go out (deltas in delta mode); and, in delta mode, the
+        cumulative values, which become the delta state once the export succeeded."""
+        values: dict[SeriesKey, float] = {}
+        hists: dict[SeriesKey, KernelHistogram] = {}
+        out = []
+        for s in samples:
+            owner = s.uid
+            groups = self._numbers(owner, POD_METRICS, pod_series(s.counters), values)
+            groups += self._numbers(owner, PEER_METRICS, peer_series(s.peers), values)
+            groups += self._histograms(owner, s, hists)
+            if owner is None:
+                health = health_series(snapshot.health, self._stats.failures)
+                groups += self._numbers(None, HEALTH_METRICS, health, values)
+            out.append((owner, self._resource(owner, pods.get(owner) if owner else None), groups))
+        if len(self._resources) > len(out):  # owners that left leave nothing behind
+            seen = {owner for owner, _, _ in out}
+            self._resources = {k: v for k, v in self._resources.items() if k in seen}
+        return out, values, hists
+
+    def _resource(self, uid: str | None, info: PodInfo | None) -> Attrs:
+        """The owner's Resource attributes, kept while its PodInfo stays the same."""
+        cached = self._resources.get(uid)
+        if cached is not None and (cached[0] is info or cached[0] == info):
+            return cached[1]
+        if uid is None:
+            attrs = node_attributes(self._node, self._extra)
+        else:
+            attrs = pod_attributes(uid, info, self._node, self._extra)
+        res = tuple(attrs.items())
+        self._resources[uid] = (info, res)
+        return res
+
     def build(
         self, samples: list[PodSample], snapshot: Snapshot, pods: Mapping[str, PodInfo], now_ns: int
     ) -> tuple[MetricsData, dict[SeriesKey, float], dict[SeriesKey, KernelHistogram]]:
-        values: dict[SeriesKey, float] = {}
-        hists: dict[SeriesKey, KernelHistogram] = {}
-        resource_metrics = []
-        for s in samples:
-            if s.uid is None:
-                attrs = node_attributes(self._node, self._extra)
-                points = list(pod_series(s.counters))
-                metrics = self._metrics(None, POD_METRICS, points, now_ns, values)
-                metrics += self._metrics(None, PEER_METRICS, list(peer_series(s.peers)), now_ns, values)
-                metrics += self._histograms(None, s, now_ns, hists)
-                metrics += self._metrics(
-                    None, HEALTH_METRICS, list(health_series(snapshot.health, self._stats.failures)), now_ns, values
-                )
-            else:
-                attrs = pod_attributes(s.uid, pods.get(s.uid), self._node, self._extra)
-                metrics = self._metrics(s.uid, POD_METRICS, list(pod_series(s.counters)), now_ns, values)
-                metrics += self._metrics(s.uid, PEER_METRICS, list(peer_series(s.peers)), now_ns, values)
-                metrics += self._histograms(s.uid, s, now_ns, hists)
-            resource_metrics.append(
-                ResourceMetrics(
-                    resource=Resource(attrs),
-                    scope_metrics=[ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url="")],
-                    schema_url="",
-                )
-            )
-        return MetricsData(resource_metrics=resource_metrics), values, hists
+        """The interval's export as the SDK's data model (for an exporter given as such)."""
+        owners, values, hists = self.owners(samples, snapshot, pods)
+        return MetricsData(resource_metrics=[_model(r, g, now_ns) for _, r, g in owners]), values, hists
 
-    def _histograms(
-        self, owner: str | None, s: PodSample, now_ns: int, hists: dict[SeriesKey, KernelHistogram]
-    ) -> list[Metric]:
+    def _histograms(self, owner: str | None, s: PodSample, hists: dict[SeriesKey, KernelHistogram]) -> list[Group]:
         """The latency histograms, as the SDK would emit an explicit-bucket Histogram: the
         kernel's buckets are the OTLP buckets (upper bounds inclusive), count and sum exact.
         min and max are not known: None, which the encoder leaves unset (they are optional
         in OTLP), rather than a made-up value."""
-        by_metric: dict[str, list[HistogramDataPoint]] = {}
+        by_metric: dict[str, list[tuple[Attrs, Any, int]]] = {}
         temporality = AggregationTemporality.DELTA if self._delta else AggregationTemporality.CUMULATIVE
         for d, attrs, h in pod_histograms(s.counters):
-            key: SeriesKey = (owner, d.name, attrs)
-            hists[key] = h
             start = self._start_ns
             if self._delta:
+                key: SeriesKey = (owner, d.name, attrs)
+                hists[key] = h
                 start = self._last_ok_ns
                 h = h - self._last_hist.get(key, KernelHistogram())
-            by_metric.setdefault(d.name, []).append(
+            by_metric.setdefault(d.name, []).append((attrs, h, start))
+        return [Group(d, HISTOGRAM, temporality, by_metric[d.name]) for d in HISTOGRAM_METRICS if d.name in by_metric]
+
+    def _numbers(
+        self,
+        owner: str | None,
+        defs: tuple[MetricDef, ...],
+        points: Iterable[tuple[MetricDef, Attrs, Any]],
+        values: dict[SeriesKey, float],
+    ) -> list[Group]:
+        """Points grouped by metric in ``defs`` order. Only delta mode keeps state: each
+        monotonic series' cumulative value, the next delta's base once exported."""
+        by_metric: dict[str, list[tuple[Attrs, Any, int]]] = {}
+        start = self._start_ns
+        for md, attrs, value in points:
+            mine = by_metric.get(md.name)
+            if mine is None:
+                mine = by_metric[md.name] = []
+            mine.append((attrs, value, start))
+        out = []
+        for d in defs:
+            dps = by_metric.get(d.name)
+            if not dps:
+                continue
+            delta = self._delta and d.monotonic
+            if delta:
+                last, ok_ns = self._last, self._last_ok_ns
+                cumulative = dps
+                dps = []
+                for attrs, value, _ in cumulative:
+                    key: SeriesKey = (owner, d.name, attrs)
+                    values[key] = value
+                    dps.append((attrs, value - last.get(key, 0), ok_ns))
+            if d.gauge:
+                out.append(Group(d, GAUGE, 0, dps))
+            else:
+                temporality = AggregationTemporality.DELTA if delta else AggregationTemporality.CUMULATIVE
+                out.append(Group(d, SUM, temporality, dps))
+        return out
+
+
+def _model(resource: Attrs, groups: list[Group], now_ns: int) -> ResourceMetrics:
+    """One owner's ResourceMetrics in the SDK's data model: what its reader would emit for
+    an ObservableCounter (monotonic Sum), an ObservableUpDownCounter (non-monotonic Sum), a
+    gauge and an explicit-bucket Histogram."""
+    metrics = []
+    for g in groups:
+        d = g.d
+        data: Any
+        if g.kind == HISTOGRAM:
+            hdps = [
                 HistogramDataPoint(
                     attributes=dict(attrs),
                     start_time_unix_nano=start,
@@ -353,52 +423,25 @@ class OtlpExporter:
                     min=None,  # type: ignore[arg-type]
                     max=None,  # type: ignore[arg-type]
                 )
-            )
-        return [
-            Metric(
-                name=d.name,
-                description=d.description,
-                unit=d.unit,
-                data=Histogram(data_points=by_metric[d.name], aggregation_temporality=temporality),
-            )
-            for d in HISTOGRAM_METRICS
-            if d.name in by_metric
-        ]
-
-    def _metrics(
-        self,
-        owner: str | None,
-        defs: tuple[MetricDef, ...],
-        points: list[tuple[MetricDef, Attrs, Any]],
-        now_ns: int,
-        values: dict[SeriesKey, float],
-    ) -> list[Metric]:
-        out = []
-        by_metric: dict[str, list[tuple[Attrs, Any]]] = {}
-        for md, attrs, value in points:
-            by_metric.setdefault(md.name, []).append((attrs, value))
-        for d in defs:
-            dps = []
-            for attrs, value in by_metric.get(d.name, ()):
-                key: SeriesKey = (owner, d.name, attrs)
-                values[key] = value
-                start = self._start_ns
-                if self._delta and d.monotonic:
-                    start = self._last_ok_ns
-                    value = value - self._last.get(key, 0)
-                dps.append(
-                    NumberDataPoint(
-                        attributes=dict(attrs), start_time_unix_nano=start, time_unix_nano=now_ns, value=value
-                    )
-                )
-            if not dps:
-                continue
-            if d.gauge:
-                data: Any = Gauge(data_points=dps)
+                for attrs, h, start in g.points
+            ]
+            data = Histogram(data_points=hdps, aggregation_temporality=AggregationTemporality(g.temporality))
+        else:
+            dps = [
+                NumberDataPoint(attributes=dict(attrs), start_time_unix_nano=start, time_unix_nano=now_ns, value=v)
+                for attrs, v, start in g.points
+            ]
+            if g.kind == GAUGE:
+                data = Gauge(data_points=dps)
             else:
-                temporality = (
-                    AggregationTemporality.DELTA if self._delta and d.monotonic else AggregationTemporality.CUMULATIVE
+                data = Sum(
+                    data_points=dps,
+                    aggregation_temporality=AggregationTemporality(g.temporality),
+                    is_monotonic=d.monotonic,
                 )
-                data = Sum(data_points=dps, aggregation_temporality=temporality, is_monotonic=d.monotonic)
-            out.append(Metric(name=d.name, description=d.description, unit=d.unit, data=data))
-        return out
+        metrics.append(Metric(name=d.name, description=d.description, unit=d.unit, data=data))
+    return ResourceMetrics(
+        resource=Resource(dict(resource)),
+        scope_metrics=[ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url="")],
+        schema_url="",
+    )
