@@ -1115,8 +1115,10 @@ static __always_inline int state_change(const struct sock *sk, const int oldstat
 	}
 	if (podnet_sk_protocol(sk) != IPPROTO_TCP || sk_on_loopback(sk))
 		return 0;
-	if (PODNET_CUT == CUT_STORAGE) {
-		bpf_sk_storage_get(&podnet_socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (PODNET_CUT == CUT_STORAGE) {	/* the storage, and the note podnet_state2 looks for */
+		st = bpf_sk_storage_get(&podnet_socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (st && !second)
+			st->ev_note = PODNET_EV_NOTE(oldstate, newstate);
 		return 0;
 	}
 	c = sk_counters(sk, &st);
