@@ -14,7 +14,10 @@ in rotating rounds, so all of them see the same machine:
 
 Per round and mode: the short-connection rate of ``wrk`` (``Connection: close``, one
 connection per request) against ``nginx`` in the other pod, then ``iperf3`` throughput.
-Printed: medians with the spread, each mode's ratio to ``none``.
+Printed: medians with the spread, each mode's ratio to ``none``; and the machine's busy CPU
+time (/proc/stat: user, system, interrupts; idle and steal left out) per wrk connection and
+per Gbit of iperf3, which shows what the agent adds even where the workload leaves CPU idle
+and moves less than the rates from round to round.
 
 Then, with BPF run-time statistics on (``BPF_ENABLE_STATS``: a file descriptor held while
 measuring, so other users of the shared sysctl are not disturbed), the same two workloads
@@ -220,6 +223,14 @@ def iperf(node: SimNode, client: SimPod, server: SimPod, port: int, seconds: int
     return float(res["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy (user, system, interrupts), all CPUs: idle,
+    I/O wait and time stolen by the hypervisor left out (/proc/stat, USER_HZ)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = f[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def spread(xs: list[float]) -> str:
     return f"{min(xs):,.{2 if max(xs) < 100 else 0}f}..{max(xs):,.{2 if max(xs) < 100 else 0}f}"
 
@@ -273,6 +284,10 @@ def main() -> None:
         iperf_port = 5300
         rates: dict[str, list[float]] = {m: [] for m in modes}
         gbps: dict[str, list[float]] = {m: [] for m in modes}
+        # busy CPU of the machine per unit of work: what the agent adds even where the
+        # workload is not CPU-bound (idle left), and steadier than the rates
+        cpu_conn: dict[str, list[float]] = {m: [] for m in modes}  # us per wrk connection
+        cpu_gbit: dict[str, list[float]] = {m: [] for m in modes}  # s per Gbit of iperf3
         # load -> mode -> hook -> [ns per event]; wrk: mode -> hook -> [events per connection]
         per_event: dict[str, dict[str, dict[str, list[float]]]] = {"wrk": {}, "iperf3": {}}
         events_per_conn: dict[str, dict[str, list[float]]] = {}
@@ -283,9 +298,14 @@ def main() -> None:
                 for mode in modes[k:] + modes[:k]:  # rotate: no mode always goes first
                     running = start(mode)
                     try:
+                        t0 = busy_seconds()
                         rates[mode].append(wrk(node, client, server, port, a.seconds))
+                        t1 = busy_seconds()
                         iperf_port += 1
                         gbps[mode].append(iperf(node, client, server, iperf_port, a.seconds))
+                        t2 = busy_seconds()
+                        cpu_conn[mode].append((t1 - t0) / (rates[mode][-1] * a.seconds) * 1e6)
+                        cpu_gbit[mode].append((t2 - t1) / (gbps[mode][-1] * a.seconds))
                     finally:
                         if running:
                             running.close()
@@ -329,6 +349,7 @@ def main() -> None:
 
     if a.rounds:
         print_rates(modes, rates, gbps, a.rounds, a.seconds)
+        print_cpu(modes, cpu_conn, cpu_gbit)
     for load in ("wrk", "iperf3"):
         print(
             f"\nBPF ns per hook event during {load} (bpf_stats, all the agent's programs on the hook, "
@@ -362,6 +383,20 @@ def print_rates(
         print(
             f"  {m:<8} {med[m]:>18,.0f} {med[m] / med['none']:>6.3f}  {spread(rates[m]):<15} "
             f"{gmed[m]:>14.2f} {gmed[m] / gmed['none']:>6.3f}  {spread(gbps[m])}"
+        )
+
+
+def print_cpu(modes: tuple[str, ...], cpu_conn: dict[str, list[float]], cpu_gbit: dict[str, list[float]]) -> None:
+    conn = {m: statistics.median(cpu_conn[m]) for m in modes}
+    gbit = {m: statistics.median(cpu_gbit[m]) for m in modes}
+    print("\nbusy CPU of the machine per unit of work (medians, range; ratio to none: lower is better):")
+    print(
+        f"  {'mode':<8} {'us per connection':>18} {'ratio':>6}  {'range':<15} {'ms per Gbit':>14} {'ratio':>6}  range"
+    )
+    for m in modes:
+        print(
+            f"  {m:<8} {conn[m]:>18.1f} {conn[m] / conn['none']:>6.3f}  {spread(cpu_conn[m]):<15} "
+            f"{gbit[m] * 1000:>14.1f} {gbit[m] / gbit['none']:>6.3f}  {spread([x * 1000 for x in cpu_gbit[m]])}"
         )
 
 
