@@ -370,34 +370,41 @@ def main() -> None:
             print(line)
 
 
+def paired(xs: dict[str, list[float]], m: str) -> float:
+    """The median over rounds of mode ``m``'s figure divided by ``none``'s in the same round:
+    the machine drifts between rounds more than within one, and each round has every mode."""
+    return statistics.median(x / n for x, n in zip(xs[m], xs["none"], strict=True))
+
+
+def print_table(
+    title: str, modes: tuple[str, ...], columns: tuple[tuple[str, dict[str, list[float]], str], ...]
+) -> None:
+    print(f"\n{title}")
+    print("  " + f"{'mode':<8}" + "".join(f" {head:>18} {'ratio':>6}  {'range':<16}" for head, _, _ in columns))
+    for m in modes:
+        line = f"  {m:<8}"
+        for _, xs, fmt in columns:
+            line += f" {format(statistics.median(xs[m]), fmt):>18} {paired(xs, m):>6.3f}  {spread(xs[m]):<16}"
+        print(line)
+
+
 def print_rates(
     modes: tuple[str, ...], rates: dict[str, list[float]], gbps: dict[str, list[float]], rounds: int, seconds: int
 ) -> None:
-    med = {m: statistics.median(rates[m]) for m in modes}
-    gmed = {m: statistics.median(gbps[m]) for m in modes}
-    print(f"\nside by side, {rounds} rotating rounds of {seconds} s (medians, range):")
-    print(
-        f"  {'mode':<8} {'wrk connections/s':>18} {'ratio':>6}  {'range':<15} {'iperf3 Gbit/s':>14} {'ratio':>6}  range"
+    print_table(
+        f"side by side, {rounds} rotating rounds of {seconds} s (medians; ratio: median of each round's to none):",
+        modes,
+        (("wrk connections/s", rates, ",.0f"), ("iperf3 Gbit/s", gbps, ".2f")),
     )
-    for m in modes:
-        print(
-            f"  {m:<8} {med[m]:>18,.0f} {med[m] / med['none']:>6.3f}  {spread(rates[m]):<15} "
-            f"{gmed[m]:>14.2f} {gmed[m] / gmed['none']:>6.3f}  {spread(gbps[m])}"
-        )
 
 
 def print_cpu(modes: tuple[str, ...], cpu_conn: dict[str, list[float]], cpu_gbit: dict[str, list[float]]) -> None:
-    conn = {m: statistics.median(cpu_conn[m]) for m in modes}
-    gbit = {m: statistics.median(cpu_gbit[m]) for m in modes}
-    print("\nbusy CPU of the machine per unit of work (medians, range; ratio to none: lower is better):")
-    print(
-        f"  {'mode':<8} {'us per connection':>18} {'ratio':>6}  {'range':<15} {'ms per Gbit':>14} {'ratio':>6}  range"
+    ms_gbit = {m: [x * 1000 for x in xs] for m, xs in cpu_gbit.items()}
+    print_table(
+        "busy CPU of the machine per unit of work (medians; ratio as above, lower is better):",
+        modes,
+        (("us per connection", cpu_conn, ".1f"), ("ms per Gbit", ms_gbit, ".1f")),
     )
-    for m in modes:
-        print(
-            f"  {m:<8} {conn[m]:>18.1f} {conn[m] / conn['none']:>6.3f}  {spread(cpu_conn[m]):<15} "
-            f"{gbit[m] * 1000:>14.1f} {gbit[m] / gbit['none']:>6.3f}  {spread([x * 1000 for x in cpu_gbit[m]])}"
-        )
 
 
 def hook_delta(
