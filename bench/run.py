@@ -1,23 +1,29 @@
 """Benchmark: what the agent costs the pods it watches, side by side in one run.
 
-On one simulated node (two pods, network namespaces on a bridge, offloads on), three modes
-in alternating rounds, so all of them see the same machine:
+On one simulated node (two pods, network namespaces on a bridge, offloads on), these modes
+in rotating rounds, so all of them see the same machine:
 
 - ``none``: no programs;
-- ``floor``: programs that do nothing on the same hooks (bench/baseline.bpf.c): what the
-  hooks themselves cost;
-- ``agent``: ``otel-podnet run --exporter none`` as its own process (pods file), its user
-  space included.
+- ``floor``: the agent with every program cut to ``return`` at its first line (podnet.bpf.c
+  built with ``-DPODNET_CUT=1``): the same hooks, the same user space; what the hooks cost;
+- ``storage``: the programs stop once they hold the socket's storage (``-DPODNET_CUT=2``):
+  what the per-socket storage costs (its allocation, lookups and freeing);
+- ``agent``: ``otel-podnet run --exporter none`` as its own process (pods file), the
+  shipped object;
+- any ``--object NAME=PATH``: the agent with another build (a branch, an ablation).
 
 Per round and mode: the short-connection rate of ``wrk`` (``Connection: close``, one
 connection per request) against ``nginx`` in the other pod, then ``iperf3`` throughput.
-Printed: medians with the spread, each mode's ratio to ``none``.
+Printed: medians with the spread, each mode's ratio to ``none``; and the machine's busy CPU
+time (/proc/stat: user, system, interrupts; idle and steal left out) per wrk connection and
+per Gbit of iperf3, which shows what the agent adds even where the workload leaves CPU idle
+and moves less than the rates from round to round.
 
 Then, with BPF run-time statistics on (``BPF_ENABLE_STATS``: a file descriptor held while
 measuring, so other users of the shared sysctl are not disturbed), the same two workloads
-for ``floor`` and ``agent`` in alternating rounds: ns per run of each program, keyed by the
-program ids the measured process holds (other agents on a shared machine load programs of
-the same names), net of the floor on the same hook.
+for every mode but ``none`` in rotating rounds: ns per hook event (all of the mode's programs
+on the hook: the state tracepoint has two), keyed by the program ids the measured process
+holds (other agents on a shared machine load programs of the same names), net of the floor.
 
 Run as root: ``python3 bench/run.py`` (or ``make bench``, which installs wrk, nginx-light
 and iperf3). Numbers are printed, never asserted.
@@ -41,29 +47,30 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from otel_podnet.cgroups import find_cgroup2_mount
-from otel_podnet.libbpf import BpfObject, lib
+from otel_podnet.libbpf import lib
 from otel_podnet.simnode import SimNode, SimPod
 
 HERE = Path(__file__).resolve().parent
-MODES = ("none", "floor", "agent")
-# hook -> (the floor's program, the agent's programs on that hook)
+# ablations: the agent's own object built with -DPODNET_CUT=n (see podnet.bpf.c)
+CUTS = {"floor": 1, "storage": 2}
+# hook -> the agent's programs on it; the first one's runs are the hook's events
 HOOKS = {
-    "ingress": ("podnet_base_in", ("podnet_ingress",)),
-    "egress": ("podnet_base_eg", ("podnet_egress",)),
-    "state": ("podnet_base_st", ("podnet_state",)),
+    "ingress": ("podnet_ingress",),
+    "egress": ("podnet_egress",),
+    "state": ("podnet_state", "podnet_state2"),
 }
 BPF_STATS_RUN_TIME = 0
 
 
-def baseline_object(tmp: Path) -> Path:
-    """bench/baseline.bpf.c compiled with the project's flags."""
+def cut_object(tmp: Path, cut: int) -> Path:
+    """bpf/podnet.bpf.c built with the project's flags and -DPODNET_CUT=cut."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("podnet_bpf_build", HERE.parent / "bpf" / "build.py")
     assert spec and spec.loader
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    out: Path = build.compile_bpf(tmp / "baseline.bpf.o", HERE / "baseline.bpf.c")
+    out: Path = build.compile_bpf(tmp / f"podnet-cut{cut}.bpf.o", defines=(f"PODNET_CUT={cut}",))
     return out
 
 
@@ -113,26 +120,14 @@ def bpf_stats_enabled() -> Iterator[None]:
 # -- the modes ---------------------------------------------------------------------------------
 
 
-class Floor:
-    """The empty programs, loaded and attached by this process."""
-
-    def __init__(self, obj_path: Path, root: Path) -> None:
-        self.obj = BpfObject(str(obj_path))
-        self.obj.load()
-        for prog in ("podnet_base_in", "podnet_base_eg"):
-            self.obj.attach_cgroup(prog, str(root))
-        self.obj.attach("podnet_base_st")
-        self.pid = os.getpid()
-
-    def close(self) -> None:
-        self.obj.close()
-
-
 class Agent:
     """``otel-podnet run --exporter none`` in its own process, ready once it has attached."""
 
-    def __init__(self, root: Path, pods: Path, node: str, log: Path) -> None:
+    def __init__(self, root: Path, pods: Path, node: str, log: Path, obj: Path | None = None) -> None:
         self._log = log.open("w")
+        env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+        if obj is not None:
+            env["PODNET_BPF_OBJECT"] = str(obj)
         self.proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "otel_podnet", "run", "--exporter", "none", "--pods-file", str(pods)),
@@ -141,7 +136,7 @@ class Agent:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=HERE.parent,
-            env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+            env=env,
         )
         self.pid = self.proc.pid
         deadline = time.monotonic() + 60
@@ -228,19 +223,43 @@ def iperf(node: SimNode, client: SimPod, server: SimPod, port: int, seconds: int
     return float(res["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy (user, system, interrupts), all CPUs: idle,
+    I/O wait and time stolen by the hypervisor left out (/proc/stat, USER_HZ)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = f[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def spread(xs: list[float]) -> str:
     return f"{min(xs):,.{2 if max(xs) < 100 else 0}f}..{max(xs):,.{2 if max(xs) < 100 else 0}f}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of the rate comparison")
-    p.add_argument("--stats-rounds", type=int, default=3, help="alternating rounds with bpf_stats on")
+    p.add_argument(
+        "--rounds", type=int, default=7, help="rotating rounds of the rate comparison (0: BPF statistics only)"
+    )
+    p.add_argument("--stats-rounds", type=int, default=3, help="rotating rounds with bpf_stats on")
     p.add_argument("--seconds", type=int, default=5, help="per workload and round")
+    p.add_argument(
+        "--object",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="one more mode: the agent with another build of podnet.bpf.o (a branch, an ablation)",
+    )
     a = p.parse_args()
     for tool in ("wrk", "nginx", "iperf3", "bpftool"):
         if not shutil.which(tool):
             raise SystemExit(f"bench: {tool} not found (make bench installs wrk, nginx-light, iperf3, bpftool)")
+    extra: dict[str, Path] = {}
+    for spec in a.object:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_file() or name in ("none", "agent", *CUTS):
+            raise SystemExit(f"bench: --object {spec!r}: expected NAME=PATH of a built podnet.bpf.o, a new name")
+        extra[name] = Path(path)
+    modes = ("none", *CUTS, "agent", *extra)
     root = find_cgroup2_mount()
     with SimNode(root) as node, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -251,44 +270,56 @@ def main() -> None:
         node.sysctl(server, "net.core.somaxconn=4096")
         pods = tmp / "pods.yaml"
         node.write_pod_list(pods)
-        base_obj = baseline_object(tmp)
+        objects: dict[str, Path | None] = {"agent": None, **extra}
+        for mode, cut in CUTS.items():
+            objects[mode] = cut_object(tmp, cut)
         port = 8080
         nginx = start_nginx(node, server, port, tmp)
 
-        def start(mode: str) -> Floor | Agent | None:
-            if mode == "floor":
-                return Floor(base_obj, root)
-            if mode == "agent":
-                return Agent(root, pods, node.name, tmp / "agent.log")
-            return None
+        def start(mode: str) -> Agent | None:
+            if mode == "none":
+                return None
+            return Agent(root, pods, node.name, tmp / "agent.log", objects[mode])
 
         iperf_port = 5300
-        rates: dict[str, list[float]] = {m: [] for m in MODES}
-        gbps: dict[str, list[float]] = {m: [] for m in MODES}
+        rates: dict[str, list[float]] = {m: [] for m in modes}
+        gbps: dict[str, list[float]] = {m: [] for m in modes}
+        # busy CPU of the machine per unit of work: what the agent adds even where the
+        # workload is not CPU-bound (idle left), and steadier than the rates
+        cpu_conn: dict[str, list[float]] = {m: [] for m in modes}  # us per wrk connection
+        cpu_gbit: dict[str, list[float]] = {m: [] for m in modes}  # s per Gbit of iperf3
+        # load -> mode -> hook -> [ns per event]; wrk: mode -> hook -> [events per connection]
+        per_event: dict[str, dict[str, dict[str, list[float]]]] = {"wrk": {}, "iperf3": {}}
+        events_per_conn: dict[str, dict[str, list[float]]] = {}
         try:
             wrk(node, client, server, port, 2)  # warm up: caches, the listener's queue
             for r in range(a.rounds):
-                for mode in MODES[r % 3 :] + MODES[: r % 3]:  # rotate: no mode always goes first
+                k = r % len(modes)
+                for mode in modes[k:] + modes[:k]:  # rotate: no mode always goes first
                     running = start(mode)
                     try:
+                        t0 = busy_seconds()
                         rates[mode].append(wrk(node, client, server, port, a.seconds))
+                        t1 = busy_seconds()
                         iperf_port += 1
                         gbps[mode].append(iperf(node, client, server, iperf_port, a.seconds))
+                        t2 = busy_seconds()
+                        cpu_conn[mode].append((t1 - t0) / (rates[mode][-1] * a.seconds) * 1e6)
+                        cpu_gbit[mode].append((t2 - t1) / (gbps[mode][-1] * a.seconds))
                     finally:
                         if running:
                             running.close()
                 print(
                     f"round {r + 1}: "
-                    + "  ".join(f"{m} {rates[m][-1]:,.0f}/s {gbps[m][-1]:.2f} Gbit/s" for m in MODES),
+                    + "  ".join(f"{m} {rates[m][-1]:,.0f}/s {gbps[m][-1]:.2f} Gbit/s" for m in modes),
                     flush=True,
                 )
 
-            # ns per run, with statistics on, keyed by the measured process's program ids
-            per_run: dict[str, dict[str, dict[str, list[float]]]] = {"wrk": {}, "iperf3": {}}
-            runs_per: dict[str, dict[str, list[float]]] = {"wrk": {}, "iperf3": {}}
-            ns_per: dict[str, list[float]] = {}  # program -> ns per wrk connection (its runs)
+            # ns per hook event, with statistics on, keyed by the measured process's program ids
+            measured = modes[1:]
             for r in range(a.stats_rounds):
-                for mode in ("floor", "agent") if r % 2 == 0 else ("agent", "floor"):
+                k = r % len(measured)
+                for mode in measured[k:] + measured[:k]:
                     running = start(mode)
                     assert running is not None
                     try:
@@ -302,51 +333,91 @@ def main() -> None:
                                 else:
                                     rate = iperf(node, client, server, iperf_port, a.seconds)
                                 after = prog_stats(ids)
-                            for i, (name, ns, cnt) in after.items():
-                                if i in before and cnt > before[i][2]:
-                                    avg = (ns - before[i][1]) / (cnt - before[i][2])
-                                    per_run[load].setdefault(mode, {}).setdefault(name, []).append(avg)
-                                    if load == "wrk" and rate:
-                                        conns = rate * a.seconds
-                                        runs_per[load].setdefault(name, []).append((cnt - before[i][2]) / conns)
-                                        ns_per[name] = [*ns_per.get(name, []), (ns - before[i][1]) / conns]
+                            for hook, progs in HOOKS.items():
+                                ns, events = hook_delta(before, after, progs)
+                                if not events:
+                                    continue
+                                per_event[load].setdefault(mode, {}).setdefault(hook, []).append(ns / events)
+                                if load == "wrk" and rate:
+                                    conns = rate * a.seconds
+                                    events_per_conn.setdefault(mode, {}).setdefault(hook, []).append(events / conns)
                     finally:
                         running.close()
         finally:
             nginx.terminate()
             nginx.wait(10)
 
-    med = {m: statistics.median(rates[m]) for m in MODES}
-    gmed = {m: statistics.median(gbps[m]) for m in MODES}
-    print(f"\nside by side, {a.rounds} rotating rounds of {a.seconds} s (medians, range):")
-    print(
-        f"  {'mode':<8} {'wrk connections/s':>18} {'ratio':>6}  {'range':<15} {'iperf3 Gbit/s':>14} {'ratio':>6}  range"
-    )
-    for m in MODES:
-        print(
-            f"  {m:<8} {med[m]:>18,.0f} {med[m] / med['none']:>6.3f}  {spread(rates[m]):<15} "
-            f"{gmed[m]:>14.2f} {gmed[m] / gmed['none']:>6.3f}  {spread(gbps[m])}"
-        )
+    if a.rounds:
+        print_rates(modes, rates, gbps, a.rounds, a.seconds)
+        print_cpu(modes, cpu_conn, cpu_gbit)
     for load in ("wrk", "iperf3"):
-        print(f"\nBPF ns per run during {load} (bpf_stats, median of {a.stats_rounds} rounds), net of the floor:")
-        for hook, (floor_name, progs) in HOOKS.items():
-            floor = statistics.median(per_run[load].get("floor", {}).get(floor_name, [0.0]))
-            for name in progs:
-                xs = per_run[load].get("agent", {}).get(name)
+        print(
+            f"\nBPF ns per hook event during {load} (bpf_stats, all the agent's programs on the hook, "
+            f"median of {a.stats_rounds} rounds), net of the floor:"
+        )
+        for hook in HOOKS:
+            floor = statistics.median(per_event[load].get("floor", {}).get(hook, [0.0]))
+            line = f"  {hook:<8} floor {floor:6.1f}"
+            for mode in measured[1:]:
+                xs = per_event[load].get(mode, {}).get(hook)
                 if not xs:
                     continue
-                agent = statistics.median(xs)
-                extra = ""
-                if load == "wrk" and runs_per[load].get(name):
-                    net_conn = statistics.median(ns_per[name]) - statistics.median(ns_per.get(floor_name, [0.0]))
-                    extra = (
-                        f"   runs per connection {statistics.median(runs_per[load][name]):5.2f}"
-                        f"   net ns per connection {net_conn:6.0f}"
-                    )
-                print(
-                    f"  {hook:<8} floor {floor:6.1f}   {name:<15} {agent:6.1f} ({spread(xs)})"
-                    f"   net {agent - floor:6.1f}{extra}"
-                )
+                net = statistics.median(xs) - floor
+                line += f"   {mode} {statistics.median(xs):6.1f} net {net:6.1f}"
+                if load == "wrk" and events_per_conn.get(mode, {}).get(hook):
+                    per_conn = statistics.median(events_per_conn[mode][hook])
+                    line += f" x {per_conn:5.2f}/conn = {net * per_conn:5.0f} ns"
+            print(line)
+
+
+def paired(xs: dict[str, list[float]], m: str) -> float:
+    """The median over rounds of mode ``m``'s figure divided by ``none``'s in the same round:
+    the machine drifts between rounds more than within one, and each round has every mode."""
+    return statistics.median(x / n for x, n in zip(xs[m], xs["none"], strict=True))
+
+
+def print_table(
+    title: str, modes: tuple[str, ...], columns: tuple[tuple[str, dict[str, list[float]], str], ...]
+) -> None:
+    print(f"\n{title}")
+    print("  " + f"{'mode':<8}" + "".join(f" {head:>18} {'ratio':>6}  {'range':<16}" for head, _, _ in columns))
+    for m in modes:
+        line = f"  {m:<8}"
+        for _, xs, fmt in columns:
+            line += f" {format(statistics.median(xs[m]), fmt):>18} {paired(xs, m):>6.3f}  {spread(xs[m]):<16}"
+        print(line)
+
+
+def print_rates(
+    modes: tuple[str, ...], rates: dict[str, list[float]], gbps: dict[str, list[float]], rounds: int, seconds: int
+) -> None:
+    print_table(
+        f"side by side, {rounds} rotating rounds of {seconds} s (medians; ratio: median of each round's to none):",
+        modes,
+        (("wrk connections/s", rates, ",.0f"), ("iperf3 Gbit/s", gbps, ".2f")),
+    )
+
+
+def print_cpu(modes: tuple[str, ...], cpu_conn: dict[str, list[float]], cpu_gbit: dict[str, list[float]]) -> None:
+    ms_gbit = {m: [x * 1000 for x in xs] for m, xs in cpu_gbit.items()}
+    print_table(
+        "busy CPU of the machine per unit of work (medians; ratio as above, lower is better):",
+        modes,
+        (("us per connection", cpu_conn, ".1f"), ("ms per Gbit", ms_gbit, ".1f")),
+    )
+
+
+def hook_delta(
+    before: dict[int, tuple[str, int, int]], after: dict[int, tuple[str, int, int]], progs: tuple[str, ...]
+) -> tuple[int, int]:
+    """(run time of every program of ``progs``, runs of the first one: the hook's events)."""
+    ns = events = 0
+    for i, (name, t, cnt) in after.items():
+        if name in progs and i in before:
+            ns += t - before[i][1]
+            if name == progs[0]:
+                events += cnt - before[i][2]
+    return ns, events
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def find_clang() -> str:
     raise SystemExit("otel-podnet: clang not found; install clang-19 (apt-get install clang-19) to build BPF objects")
 
 
-def compile_bpf(out: Path = DEFAULT_OUT, src: Path = HERE / "podnet.bpf.c") -> Path:
+def compile_bpf(out: Path = DEFAULT_OUT, src: Path = HERE / "podnet.bpf.c", defines: tuple[str, ...] = ()) -> Path:
+    """Compile ``src`` into ``out``; ``defines`` (``NAME=VALUE``) are for bench/run.py's ablations."""
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         find_clang(),
@@ -37,6 +38,7 @@ def compile_bpf(out: Path = DEFAULT_OUT, src: Path = HERE / "podnet.bpf.c") -> P
         "-Wall",
         "-Werror",
         f"-I{HERE}",
+        *(f"-D{d}" for d in defines),
     ]
     if shutil.which("gcc"):
         multiarch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True).stdout.strip()

@@ -100,6 +100,18 @@ static __always_inline bool rcv_nxt_valid(__u32 state)
 #define SOCK_RAW	3
 #define LOOPBACK_IFINDEX	1	/* lo has this index in every network namespace */
 
+/*
+ * Ablations for bench/run.py, which builds copies of this object with -DPODNET_CUT=n to
+ * show where the cost goes: 1, every program returns at once (the hooks alone: the
+ * floor); 2, the programs stop once they hold the socket's storage (the rare events'
+ * programs return at once). The shipped object has 0: the compiler removes every cut.
+ */
+#ifndef PODNET_CUT
+#define PODNET_CUT 0
+#endif
+#define CUT_HOOKS	1
+#define CUT_STORAGE	2
+
 const volatile struct podnet_config podnet_cfg = {
 	.ephemeral_lo = 32768,
 	.ephemeral_hi = 60999,
@@ -485,6 +497,44 @@ static __always_inline __u32 advance_rx(struct podnet_sock *st, __u32 rcv_nxt)
 	return advance_seq(&st->seq_hw[PODNET_RX], rcv_nxt, rcv_nxt, false);
 }
 
+/*
+ * The marks on the packet path (issue 10): plain loads and stores where only writers that
+ * hold the socket lock can touch the mark. Every transmit of a full TCP socket runs under
+ * it (process context owning the socket, or a softirq or timer under bh_lock_sock that
+ * defers while a process owns it), and so does every state change: egress and the state
+ * tracepoint never overlap on one socket. Ingress runs before tcp_v4_rcv() takes the lock,
+ * but writes the receive mark only at a socket's first sight (the RX_MARK flag unset),
+ * with advance_rx's compare-and-swap, and so does egress then. A listener is the one
+ * socket whose packets leave without its lock (SYN-ACKs), and it sends no payload and
+ * has no receive mark (rcv_nxt_valid).
+ */
+static __always_inline __u32 advance_mark(__u64 *hw, __u32 start, __u32 end, const bool gaps)
+{
+	__u64 cur = *hw;
+	__u32 from = start;
+
+	if (cur) {
+		__u32 h = (__u32)cur;
+
+		if ((__s32)(end - h) <= 0)
+			return 0;
+		if (!gaps || (__s32)(h - start) > 0)
+			from = h;
+	}
+	*hw = (1ULL << 32) | end;
+	return end - from;
+}
+
+/* advance_rx for egress: plain once the mark exists (see advance_mark). */
+static __always_inline __u32 advance_rx_locked(struct podnet_sock *st, __u32 rcv_nxt)
+{
+	if (!(st->flags & PODNET_SK_RX_MARK))
+		return advance_rx(st, rcv_nxt);
+	if ((st->flags & PODNET_SK_FIN_RX) && (__s32)(rcv_nxt - st->fin_seq) > 0)
+		rcv_nxt = st->fin_seq;
+	return advance_mark(&st->seq_hw[PODNET_RX], rcv_nxt, rcv_nxt, false);
+}
+
 /* IP bytes and packets as on the wire: a GSO/GRO skb is the segments it stands for. */
 static __always_inline void count_wire(struct podnet_counters *c, struct __sk_buff *skb,
 				       const struct pkt_info *pi, const int io)
@@ -592,7 +642,11 @@ static __always_inline void peer_add_bytes(__u32 row, __u64 bytes, const int io)
 {
 	struct podnet_peer_counters *p = bpf_map_lookup_elem(&podnet_peer_stats, &row);
 
-	if (p)
+	if (!p)
+		return;
+	if (io == PODNET_RX)	/* only ingress writes it, bottom halves off: see count_wire */
+		p->bytes[io] += bytes;
+	else
 		__sync_fetch_and_add(&p->bytes[io], bytes);
 }
 
@@ -667,6 +721,8 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 	struct pkt_info pi;
 	__u32 slot, state;
 
+	if (PODNET_CUT == CUT_HOOKS)
+		return SK_PASS;
 	if (!sk || skb->ifindex == LOOPBACK_IFINDEX)
 		return SK_PASS;
 	if (!parse(skb, &pi))
@@ -674,6 +730,8 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 	state = sk->state;	/* read before the flags: see the adoption below */
 
 	st = bpf_sk_storage_get(&podnet_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (PODNET_CUT == CUT_STORAGE)
+		return SK_PASS;
 	if (!st) {
 		/* No memory for the cache: still count bytes and packets, by the cgroup. */
 		__u32 kind;
@@ -764,7 +822,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		latency_egress(skb, sk, st, c, state);	/* latency (issue 11) */
 
 		if (len) {
-			fresh = advance_seq(&st->seq_hw[PODNET_TX], pi.seq, pi.seq + len, true);
+			fresh = advance_mark(&st->seq_hw[PODNET_TX], pi.seq, pi.seq + len, true);
 			if (fresh)
 				__sync_fetch_and_add(&c->payload[PODNET_TX], fresh);
 		}
@@ -775,7 +833,7 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		 * every received byte without touching tcp_sock per packet.
 		 */
 		if (pi.ack && rcv_nxt_valid(state)) {
-			fresh = advance_rx(st, pi.ack_seq);
+			fresh = advance_rx_locked(st, pi.ack_seq);
 			if (fresh)
 				__sync_fetch_and_add(&c->payload[PODNET_RX], fresh);
 		}
@@ -1024,6 +1082,8 @@ static __always_inline int state_change(const struct sock *sk, const int oldstat
 	struct tcp_sock *tp;
 	__u32 old;
 
+	if (PODNET_CUT == CUT_HOOKS)
+		return 0;
 	if (newstate == TCP_SYN_SENT) {	/* a new attempt: no note of the last one stays */
 		st = bpf_sk_storage_get(&podnet_socks, (void *)sk, 0, 0);
 		if (st)
@@ -1055,6 +1115,12 @@ static __always_inline int state_change(const struct sock *sk, const int oldstat
 	}
 	if (podnet_sk_protocol(sk) != IPPROTO_TCP || sk_on_loopback(sk))
 		return 0;
+	if (PODNET_CUT == CUT_STORAGE) {	/* the storage, and the note podnet_state2 looks for */
+		st = bpf_sk_storage_get(&podnet_socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (st && !second)
+			st->ev_note = PODNET_EV_NOTE(oldstate, newstate);
+		return 0;
+	}
 	c = sk_counters(sk, &st);
 	if (!c)
 		return 0;
@@ -1130,7 +1196,7 @@ static __always_inline int on_retransmit(const struct sock *sk)
 	struct podnet_counters *c;
 	struct podnet_sock *st;
 
-	if (sk_on_loopback(sk))
+	if (PODNET_CUT || sk_on_loopback(sk))
 		return 0;
 	c = sk_counters(sk, &st);
 	if (c)
@@ -1166,6 +1232,8 @@ int BPF_PROG(podnet_synack, const struct sock *sk, const struct request_sock *re
 {
 	struct podnet_counters *c;
 
+	if (PODNET_CUT)
+		return 0;
 	if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN)
 		return on_retransmit(sk);
 	if (skc_on_loopback(&req->__req_common))
@@ -1206,6 +1274,8 @@ int BPF_PROG(podnet_rst_tx, const struct sock *sk, const struct sk_buff *skb)
 {
 	struct podnet_counters *c = NULL;
 
+	if (PODNET_CUT)
+		return 0;
 	if (sk && sk_is_full(sk)) {
 		if (sk_on_loopback(sk))
 			return 0;
@@ -1225,7 +1295,7 @@ int BPF_PROG(podnet_rst_rx, struct sock *sk)
 {
 	struct podnet_counters *c;
 
-	if (sk_on_loopback(sk))
+	if (PODNET_CUT || sk_on_loopback(sk))
 		return 0;
 	c = sk_counters(sk, NULL);
 	if (c)
