@@ -144,13 +144,17 @@ def udp_recv(a: argparse.Namespace) -> dict[str, int]:
     s = socket.socket(_family(a.addr), socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: no drops in the queue
     s.bind((a.addr, a.port))
-    s.settimeout(10)
+    # The sender is another process, started after "ready": on a loaded machine (or a
+    # guest under TCG) starting it takes seconds, so the first datagram may wait as long
+    # as the caller waits for the result; once they flow, 10 s of silence ends the count.
+    s.settimeout(110)
     print("ready", flush=True)
     got = nbytes = 0
     try:
         while got < a.count:
             nbytes += len(s.recv(65536))
             got += 1
+            s.settimeout(10)
     except TimeoutError:
         pass
     return {"received": got, "bytes": nbytes}
