@@ -36,12 +36,16 @@ HIST_BOUNDS = list(HIST_BOUNDS_S)
 
 
 class Group(NamedTuple):
-    """One metric of one owner: its points as (attributes, value, start time)."""
+    """One metric of one owner: its points' attributes and values, and their start time.
+    ``attrs`` is kept from one interval to the next while the series stay the same (the
+    shape compares it by identity first); only ``values`` is made per interval."""
 
     d: MetricDef
     kind: int  # SUM, GAUGE or HISTOGRAM
     temporality: int  # AggregationTemporality's value
-    points: list[tuple[Attrs, Any, int]]  # value: int, float or a KernelHistogram
+    attrs: tuple[Attrs, ...]
+    values: Sequence[Any]  # int, float or a KernelHistogram per point
+    start: int  # the points' start time (unset for a gauge)
 
 
 def _key_values(attrs: Sequence[tuple[str, str]]) -> list[KeyValue]:
@@ -58,7 +62,7 @@ class _Template:
         metrics = []
         for g in groups:
             m = pb.Metric(name=g.d.name, description=g.d.description, unit=g.d.unit)
-            for attrs, _, _ in g.points:
+            for attrs in g.attrs:
                 kv = _key_values(attrs)
                 if g.kind == HISTOGRAM:
                     m.histogram.data_points.add(attributes=kv, explicit_bounds=HIST_BOUNDS)
@@ -90,11 +94,14 @@ class _Template:
             self.points.extend(data.data_points)
 
     def fill(self, groups: list[Group], now_ns: int) -> None:
-        dps = iter(self.points)
+        dps = self.points
+        i = 0
         for g in groups:
+            start = g.start
             if g.kind == HISTOGRAM:
-                for _, h, start in g.points:
-                    dp = next(dps)
+                for h in g.values:
+                    dp = dps[i]
+                    i += 1
                     assert isinstance(h, KernelHistogram)
                     dp.start_time_unix_nano = start
                     dp.time_unix_nano = now_ns
@@ -102,16 +109,18 @@ class _Template:
                     dp.sum = h.sum_seconds
                     dp.bucket_counts[:] = h.buckets
             elif g.kind == GAUGE:
-                for _, v, _ in g.points:
-                    dp = next(dps)
+                for v in g.values:
+                    dp = dps[i]
+                    i += 1
                     dp.time_unix_nano = now_ns
                     if isinstance(v, int):
                         dp.as_int = v
                     else:
                         dp.as_double = v
             else:
-                for _, v, start in g.points:
-                    dp = next(dps)
+                for v in g.values:
+                    dp = dps[i]
+                    i += 1
                     dp.start_time_unix_nano = start
                     dp.time_unix_nano = now_ns
                     if isinstance(v, int):
@@ -135,7 +144,7 @@ class RequestEncoder:
 
     def encode(self, owners: list[tuple[str | None, Attrs, list[Group]]], now_ns: int) -> ExportMetricsServiceRequest:
         shapes = [
-            (owner, (resource, tuple((g.d.name, g.temporality, tuple([p[0] for p in g.points])) for g in groups)))
+            (owner, (resource, tuple([(g.d.name, g.temporality, g.attrs) for g in groups])))
             for owner, resource, groups in owners
         ]
         if shapes != self._shapes:
