@@ -55,7 +55,7 @@ def _key_values(attrs: Sequence[tuple[str, str]]) -> list[KeyValue]:
 class _Template:
     """One owner's ResourceMetrics of one shape, and its points in order."""
 
-    __slots__ = ("message", "points", "shape")
+    __slots__ = ("last", "message", "points", "shape", "starts")
 
     def __init__(self, shape: tuple[Any, ...], resource: Attrs, groups: list[Group], scope: InstrumentationScope):
         self.shape = shape
@@ -82,6 +82,10 @@ class _Template:
             schema_url="",
         )
         self.points: list[Any] = []
+        # what the points hold now (None: not set yet): a value or start time that did not
+        # change is not set again (most of a pod's series do not move in an interval)
+        self.last: list[Any] = []
+        self.starts: list[int | None] = [None] * len(groups)
 
     def place(self, request: ExportMetricsServiceRequest) -> None:
         """Into ``request`` (a copy), then the template is that copy: later intervals set
@@ -92,41 +96,44 @@ class _Template:
         for m in self.message.scope_metrics[0].metrics:
             data = m.histogram if m.HasField("histogram") else m.gauge if m.HasField("gauge") else m.sum
             self.points.extend(data.data_points)
+        if len(self.last) != len(self.points):
+            self.last = [None] * len(self.points)
 
     def fill(self, groups: list[Group], now_ns: int) -> None:
-        dps = self.points
+        dps, last, starts = self.points, self.last, self.starts
         i = 0
-        for g in groups:
+        for gi, g in enumerate(groups):
             start = g.start
+            new_start = g.kind != GAUGE and starts[gi] != start
+            if new_start:
+                starts[gi] = start
             if g.kind == HISTOGRAM:
                 for h in g.values:
                     dp = dps[i]
-                    i += 1
                     assert isinstance(h, KernelHistogram)
-                    dp.start_time_unix_nano = start
+                    if new_start:
+                        dp.start_time_unix_nano = start
                     dp.time_unix_nano = now_ns
-                    dp.count = h.count
-                    dp.sum = h.sum_seconds
-                    dp.bucket_counts[:] = h.buckets
-            elif g.kind == GAUGE:
-                for v in g.values:
-                    dp = dps[i]
+                    if h != last[i]:
+                        last[i] = h
+                        dp.count = h.count
+                        dp.sum = h.sum_seconds
+                        dp.bucket_counts[:] = h.buckets
                     i += 1
-                    dp.time_unix_nano = now_ns
-                    if isinstance(v, int):
-                        dp.as_int = v
-                    else:
-                        dp.as_double = v
             else:
                 for v in g.values:
                     dp = dps[i]
-                    i += 1
-                    dp.start_time_unix_nano = start
+                    if new_start:
+                        dp.start_time_unix_nano = start
                     dp.time_unix_nano = now_ns
-                    if isinstance(v, int):
-                        dp.as_int = v
-                    else:
-                        dp.as_double = v
+                    was = last[i]
+                    if v != was or type(v) is not type(was):  # 0 == 0.0, but as_int is not as_double
+                        last[i] = v
+                        if isinstance(v, int):
+                            dp.as_int = v
+                        else:
+                            dp.as_double = v
+                    i += 1
 
 
 class RequestEncoder:
