@@ -21,6 +21,7 @@ The kernel counts per (slot, remote address) in peer rows (bpf/podnet.bpf.c); he
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import operator
 import sys
@@ -55,6 +56,11 @@ class Peer:
     service: str = ""
 
     def attributes(self) -> tuple[tuple[str, str], ...]:
+        return self.attrs
+
+    @functools.cached_property
+    def attrs(self) -> tuple[tuple[str, str], ...]:
+        """:meth:`attributes`, made once per peer."""
         out = [("podnet.peer.kind", self.kind)]
         if self.namespace:
             out.append(("podnet.peer.namespace", self.namespace))
@@ -65,6 +71,11 @@ class Peer:
         if self.service:
             out.append(("podnet.peer.service", self.service))
         return tuple(out)
+
+    @functools.cached_property
+    def order(self) -> tuple[str, ...]:
+        """The dataclass' order as a key (``sorted(key=...)``: no ``__lt__`` per comparison)."""
+        return (self.kind, self.namespace, self.workload, self.workload_kind, self.service)
 
 
 OTHER = Peer("other")
@@ -293,10 +304,14 @@ class PeerTable:
             whose = owner_of(slot)
             if whose is None:
                 continue  # a slot the attribution has not classified yet: next time
-            d = _sub(values[row], r.last)
-            r.last = values[row]
-            self._credit(out, whose, name(address), d)
-            r.idle = 0 if any(d) else r.idle + 1
+            v = values[row]
+            if v is r.last:  # the datapath hands back the same tuple for an unchanged row
+                r.idle += 1
+            else:
+                d = _sub(v, r.last)
+                r.last = v
+                self._credit(out, whose, name(address), d)
+                r.idle = 0 if any(d) else r.idle + 1
             if r.idle >= self._idle_rounds:
                 self._dp.free_peer_row(row, slot, address)
                 r.owner = whose
@@ -311,9 +326,17 @@ class PeerTable:
             if whose is None:
                 continue
             last = self._overflow_last.get(slot, ZERO)
-            self._credit(out, whose, OTHER, _sub(values[slot], last))
-            self._overflow_last[slot] = values[slot]
+            if values[slot] is not last:
+                self._credit(out, whose, OTHER, _sub(values[slot], last))
+                self._overflow_last[slot] = values[slot]
         return out, freed_any
+
+
+Attrs = tuple[tuple[str, str], ...]
+
+
+def _peer_order(item: tuple[Peer, tuple[int, ...]]) -> tuple[str, ...]:
+    return item[0].order
 
 
 # -- at most max_peers series per owner -----------------------------------------------------------
@@ -326,6 +349,7 @@ class PeerFolder:
     def __init__(self, max_peers: int) -> None:
         self.max_peers = max_peers
         self._series: dict[str, dict[Peer, tuple[int, ...]]] = {}
+        self._exported: dict[str, tuple[tuple[Attrs, tuple[int, ...]], ...]] = {}
 
     def fold(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> dict[Peer, tuple[int, ...]]:
         """Add one interval's growth per peer; the owner's series after it."""
@@ -345,7 +369,10 @@ class PeerFolder:
             )
 
         candidates = (members | {p for p in deltas if p != OTHER and any(deltas[p])}) - {OTHER}
-        keep = set(sorted(candidates, key=busy)[: self.max_peers])
+        if len(candidates) <= self.max_peers:  # all keep a series: nothing to rank
+            keep = candidates
+        else:
+            keep = set(sorted(candidates, key=busy)[: self.max_peers])
         other = _add(series.get(OTHER, ZERO), deltas.get(OTHER, ZERO))
         for p in members - keep:  # drops out: its whole value goes on in other
             other = _add(other, series.pop(p))
@@ -360,8 +387,21 @@ class PeerFolder:
             series[OTHER] = other
         return dict(series)
 
+    def exported(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> tuple[tuple[Attrs, tuple[int, ...]], ...]:
+        """:meth:`fold`, as a sample carries it: (attributes, figures) per series in peer
+        order. An owner without growth keeps its series: the last tuple is handed back."""
+        if not deltas:
+            kept = self._exported.get(owner)
+            if kept is not None:
+                return kept
+        series = self.fold(owner, deltas)
+        out = tuple([(p.attrs, v) for p, v in sorted(series.items(), key=_peer_order)])
+        self._exported[owner] = out
+        return out
+
     def forget(self, owner: str) -> None:
         self._series.pop(owner, None)
+        self._exported.pop(owner, None)
 
     def owners(self) -> list[str]:
         return list(self._series)
