@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -108,19 +109,21 @@ class Counters:
         i = HISTOGRAMS.index(name) * HIST_WORDS
         return Histogram(self.hist[i : i + HIST_BUCKETS], self.hist[i + HIST_BUCKETS])
 
-    @property
+    # made once per Counters (an unchanged slot's Counters is kept from one reading to the
+    # next, so an exporter sees the same Histogram objects)
+    @functools.cached_property
     def connect_out(self) -> Histogram:
         return self.histogram("connect_out")
 
-    @property
+    @functools.cached_property
     def connect_in(self) -> Histogram:
         return self.histogram("connect_in")
 
-    @property
+    @functools.cached_property
     def rtt_out(self) -> Histogram:
         return self.histogram("rtt_out")
 
-    @property
+    @functools.cached_property
     def rtt_in(self) -> Histogram:
         return self.histogram("rtt_in")
 

@@ -114,7 +114,7 @@ class _Template:
                     if new_start:
                         dp.start_time_unix_nano = start
                     dp.time_unix_nano = now_ns
-                    if h != last[i]:
+                    if h is not last[i] and h != last[i]:
                         last[i] = h
                         dp.count = h.count
                         dp.sum = h.sum_seconds
