@@ -55,6 +55,19 @@ class Peer:
     workload_kind: str = ""
     service: str = ""
 
+    # Peers are dict keys and set members thousands of times per collection: equality and
+    # hash on the cached field tuple, the same object first (PeerTable hands out one object
+    # per peer), rather than the dataclass' tuple built per call.
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Peer):
+            return NotImplemented
+        return self.order == other.order
+
+    def __hash__(self) -> int:
+        return hash(self.order)
+
     def attributes(self) -> tuple[tuple[str, str], ...]:
         return self.attrs
 
@@ -235,6 +248,7 @@ class PeerTable:
         self._freed: list[int] = []  # rows out of the index, recycled at the next reading
         self._pending: dict[str, dict[Peer, tuple[int, ...]]] = {}
         self._retired: list[tuple[int, str]] = []
+        self._interned: dict[Peer, Peer] = {}
         self.in_use = 0
 
     def start(self) -> None:
@@ -250,7 +264,8 @@ class PeerTable:
     def _credit(self, out: Deltas, owner: str, peer: Peer, d: Sequence[int]) -> None:
         if any(d):
             per = out.setdefault(owner, {})
-            per[peer] = _add(per.get(peer, ZERO), d)
+            had = per.get(peer)
+            per[peer] = tuple(d) if had is None else _add(had, d)
 
     def read(self, slot_owner: Mapping[int, str], resolver: PeerResolver) -> tuple[Deltas, bool]:
         """Each owner's growth per peer since the last reading, and whether rows were taken
@@ -260,10 +275,15 @@ class PeerTable:
         self._pending = {}
         names: dict[str, Peer] = {}
 
+        interned = self._interned
+        if len(interned) > 16 * self._dp.peer_rows + 1024:  # bounded: peers come and go
+            interned.clear()
+
         def name(ip: str) -> Peer:
             p = names.get(ip)
             if p is None:
-                p = names[ip] = resolver.resolve(ip)
+                p = resolver.resolve(ip)
+                p = names[ip] = interned.setdefault(p, p)  # one object per peer, interval after interval
             return p
 
         def owner_of(slot: int) -> str | None:
@@ -373,14 +393,17 @@ class PeerFolder:
             keep = candidates
         else:
             keep = set(sorted(candidates, key=busy)[: self.max_peers])
-        other = _add(series.get(OTHER, ZERO), deltas.get(OTHER, ZERO))
+        other = series.get(OTHER, ZERO)
+        if OTHER in deltas:
+            other = _add(other, deltas[OTHER])
         for p in members - keep:  # drops out: its whole value goes on in other
             other = _add(other, series.pop(p))
         for p, d in deltas.items():
             if p == OTHER:
                 continue
             if p in keep:
-                series[p] = _add(series.get(p, ZERO), d)
+                had = series.get(p)
+                series[p] = tuple(d) if had is None else _add(had, d)
             else:
                 other = _add(other, d)
         if any(other):
