@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -109,21 +108,19 @@ class Counters:
         i = HISTOGRAMS.index(name) * HIST_WORDS
         return Histogram(self.hist[i : i + HIST_BUCKETS], self.hist[i + HIST_BUCKETS])
 
-    # made once per Counters (an unchanged slot's Counters is kept from one reading to the
-    # next, so an exporter sees the same Histogram objects)
-    @functools.cached_property
+    @property
     def connect_out(self) -> Histogram:
         return self.histogram("connect_out")
 
-    @functools.cached_property
+    @property
     def connect_in(self) -> Histogram:
         return self.histogram("connect_in")
 
-    @functools.cached_property
+    @property
     def rtt_out(self) -> Histogram:
         return self.histogram("rtt_out")
 
-    @functools.cached_property
+    @property
     def rtt_in(self) -> Histogram:
         return self.histogram("rtt_in")
 

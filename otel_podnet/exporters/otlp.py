@@ -19,7 +19,6 @@ exact by construction; in delta mode each delta is taken against the last value 
 from __future__ import annotations
 
 import math
-import operator
 import os
 import threading
 import time
@@ -47,6 +46,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .. import __version__
+from ..abi import HIST_BUCKETS, HIST_WORDS, HISTOGRAMS
 from ..inventory import PodInfo
 from ..log import RateLimited
 from ..resources import env_attributes, node_attributes, pod_attributes
@@ -209,6 +209,7 @@ class OtlpExporter:
         self._unsent_finals: dict[str, tuple[PodSample, PodInfo | None]] = {}
         self._resources: dict[str | None, tuple[PodInfo | None, Attrs]] = {}
         self._peer_layouts: dict[Any, list[Any]] = {}  # see _peer_groups
+        self._hist_cache: dict[str | None, tuple[tuple[int, ...], list[KernelHistogram]]] = {}
         # the SDK's own exporters take the request built directly (otlp_proto); another
         # MetricExporter (a test's, the console's) gets the SDK's data model
         self._encoder = None
@@ -330,6 +331,7 @@ class OtlpExporter:
         if len(self._resources) > len(out):  # owners that left leave nothing behind
             seen = {owner for owner, _, _ in out}
             self._resources = {k: v for k, v in self._resources.items() if k in seen}
+            self._hist_cache = {k: v for k, v in self._hist_cache.items() if k in seen}
         return out, values, hists
 
     def _resource(self, uid: str | None, info: PodInfo | None) -> Attrs:
@@ -393,8 +395,9 @@ class OtlpExporter:
         min and max are not known: None, which the encoder leaves unset (they are optional
         in OTLP), rather than a made-up value."""
         out = []
-        for d, attrs, get in _HIST_LAYOUT:
-            hs: list[KernelHistogram] = [h(s.counters) for h in get]
+        hs_all = self._histogram_values(owner, s.counters.hist)
+        for d, attrs, at in _HIST_LAYOUT:
+            hs = [hs_all[i] for i in at]
             if self._delta:
                 for i, a in enumerate(attrs):
                     key: SeriesKey = (owner, d.name, a)
@@ -404,6 +407,22 @@ class OtlpExporter:
             else:
                 out.append(Group(d, HISTOGRAM, AggregationTemporality.CUMULATIVE, attrs, hs, self._start_ns))
         return out
+
+    def _histogram_values(self, owner: str | None, hist: tuple[int, ...]) -> list[KernelHistogram]:
+        """The owner's histograms (abi.HISTOGRAMS order, as Counters.histogram makes them);
+        one that did not change since the last interval is the same object (the request
+        skips it by identity)."""
+        cached = self._hist_cache.get(owner)
+        if cached is not None and cached[0] == hist:
+            return cached[1]
+        hs = [KernelHistogram(hist[o : o + HIST_BUCKETS], hist[o + HIST_BUCKETS]) for o in _HIST_OFFSETS]
+        if cached is not None:
+            hs = [
+                old if old.sum_ns == new.sum_ns and old.buckets == new.buckets else new
+                for old, new in zip(cached[1], hs, strict=True)
+            ]
+        self._hist_cache[owner] = (hist, hs)
+        return hs
 
     def _numbers(
         self,
@@ -455,9 +474,10 @@ def _peer_layout(peers: tuple[tuple[Attrs, tuple[int, ...]], ...]) -> list[Any]:
 
 
 def _hist_layout() -> list[Any]:
-    return _grouped([(d, a, operator.attrgetter(name)) for d, a, name in POD_HISTOGRAMS], HISTOGRAM_METRICS)
+    return _grouped([(d, a, HISTOGRAMS.index(name)) for d, a, name in POD_HISTOGRAMS], HISTOGRAM_METRICS)
 
 
+_HIST_OFFSETS = [i * HIST_WORDS for i in range(len(HISTOGRAMS))]
 _POD_LAYOUT = _pod_layout()
 _HIST_LAYOUT = _hist_layout()
 
