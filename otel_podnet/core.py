@@ -176,8 +176,8 @@ class Core:
         for s in samples:
             owner = NODE if s.uid is None else s.uid
             seen.add(owner)
-            series = self.peer_folder.fold(owner, deltas.get(owner, {}))
-            out.append(replace(s, peers=tuple((p.attributes(), v) for p, v in sorted(series.items()))))
+            peers = self.peer_folder.exported(owner, deltas.get(owner, {}))
+            out.append(PodSample(s.uid, s.counters, s.final, peers))
             if s.final:
                 self.peer_folder.forget(owner)
         for owner in self.peer_folder.owners():

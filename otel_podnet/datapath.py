@@ -354,18 +354,18 @@ class Datapath:
         self._last_peer_read = fresh
         out: list[tuple[int, int, str] | None] = [None] * self.capacity.slots
         texts = self._peer_texts
-        for row in range(self.capacity.slots, rows):
-            o = owners[row]
-            if not o.used:
-                out.append((int(o.slot), 0, ""))
+        # the owners unpacked in C (slot, used, address), not field by field through ctypes
+        size = ctypes.sizeof(abi.PodnetPeerOwner)
+        for slot, used, packed in _PEER_OWNER.iter_unpack(memoryview(owners).cast("B")[self.capacity.slots * size :]):
+            if not used:
+                out.append((slot, 0, ""))
                 continue
-            packed = bytes(o.addr)
             text = texts.get(packed)
             if text is None:
                 if len(texts) >= 4 * rows:  # bounded: remote addresses come and go
                     texts.clear()
                 text = texts[packed] = ip_text(packed)
-            out.append((int(o.slot), int(o.used), text))
+            out.append((slot, used, text))
         return out, values
 
     def free_peer_row(self, row: int, slot: int, address: str) -> None:
@@ -383,6 +383,10 @@ class Datapath:
         if row >= self.capacity.slots:
             self.peer_owner.update(ctypes.c_uint32(row), abi.PodnetPeerOwner())
             self.push_free_peer_row(row)
+
+
+_PEER_OWNER = struct.Struct("<II16s")  # abi.PodnetPeerOwner
+assert _PEER_OWNER.size == ctypes.sizeof(abi.PodnetPeerOwner)
 
 
 def ip_text(packed: bytes) -> str:

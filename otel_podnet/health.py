@@ -6,6 +6,8 @@ intervals); ready once the programs are attached and a first snapshot was taken.
 
 from __future__ import annotations
 
+import os
+import selectors
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,10 +60,26 @@ class HealthServer:
             self._server = ThreadingHTTPServer(address, make_handler())
         except OSError as exc:
             raise ConfigError(f"--health-address {address[0]}:{address[1]}: cannot listen ({exc.strerror})") from exc
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+        # serve_forever() wakes every 0.5 s to look for shutdown(); this thread sleeps
+        # until a request or close() (a byte on the pipe) arrives.
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._serve, name="health", daemon=True)
         self._thread.start()
         _logger.info("health endpoints on %s:%d (/healthz, /readyz)", *address)
 
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._server, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                for key, _ in sel.select():
+                    if key.fileobj == self._wake_r:
+                        return
+                    self._server.handle_request()  # the listener is readable: accepts at once
+
     def close(self) -> None:
-        self._server.shutdown()
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=10)
         self._server.server_close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)

@@ -21,6 +21,7 @@ The kernel counts per (slot, remote address) in peer rows (bpf/podnet.bpf.c); he
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import operator
 import sys
@@ -54,7 +55,25 @@ class Peer:
     workload_kind: str = ""
     service: str = ""
 
+    # Peers are dict keys and set members thousands of times per collection: equality and
+    # hash on the cached field tuple, the same object first (PeerTable hands out one object
+    # per peer), rather than the dataclass' tuple built per call.
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Peer):
+            return NotImplemented
+        return self.order == other.order
+
+    def __hash__(self) -> int:
+        return hash(self.order)
+
     def attributes(self) -> tuple[tuple[str, str], ...]:
+        return self.attrs
+
+    @functools.cached_property
+    def attrs(self) -> tuple[tuple[str, str], ...]:
+        """:meth:`attributes`, made once per peer."""
         out = [("podnet.peer.kind", self.kind)]
         if self.namespace:
             out.append(("podnet.peer.namespace", self.namespace))
@@ -65,6 +84,11 @@ class Peer:
         if self.service:
             out.append(("podnet.peer.service", self.service))
         return tuple(out)
+
+    @functools.cached_property
+    def order(self) -> tuple[str, ...]:
+        """The dataclass' order as a key (``sorted(key=...)``: no ``__lt__`` per comparison)."""
+        return (self.kind, self.namespace, self.workload, self.workload_kind, self.service)
 
 
 OTHER = Peer("other")
@@ -224,6 +248,7 @@ class PeerTable:
         self._freed: list[int] = []  # rows out of the index, recycled at the next reading
         self._pending: dict[str, dict[Peer, tuple[int, ...]]] = {}
         self._retired: list[tuple[int, str]] = []
+        self._interned: dict[Peer, Peer] = {}
         self.in_use = 0
 
     def start(self) -> None:
@@ -239,7 +264,8 @@ class PeerTable:
     def _credit(self, out: Deltas, owner: str, peer: Peer, d: Sequence[int]) -> None:
         if any(d):
             per = out.setdefault(owner, {})
-            per[peer] = _add(per.get(peer, ZERO), d)
+            had = per.get(peer)
+            per[peer] = tuple(d) if had is None else _add(had, d)
 
     def read(self, slot_owner: Mapping[int, str], resolver: PeerResolver) -> tuple[Deltas, bool]:
         """Each owner's growth per peer since the last reading, and whether rows were taken
@@ -249,10 +275,15 @@ class PeerTable:
         self._pending = {}
         names: dict[str, Peer] = {}
 
+        interned = self._interned
+        if len(interned) > 16 * self._dp.peer_rows + 1024:  # bounded: peers come and go
+            interned.clear()
+
         def name(ip: str) -> Peer:
             p = names.get(ip)
             if p is None:
-                p = names[ip] = resolver.resolve(ip)
+                p = resolver.resolve(ip)
+                p = names[ip] = interned.setdefault(p, p)  # one object per peer, interval after interval
             return p
 
         def owner_of(slot: int) -> str | None:
@@ -293,10 +324,14 @@ class PeerTable:
             whose = owner_of(slot)
             if whose is None:
                 continue  # a slot the attribution has not classified yet: next time
-            d = _sub(values[row], r.last)
-            r.last = values[row]
-            self._credit(out, whose, name(address), d)
-            r.idle = 0 if any(d) else r.idle + 1
+            v = values[row]
+            if v is r.last:  # the datapath hands back the same tuple for an unchanged row
+                r.idle += 1
+            else:
+                d = _sub(v, r.last)
+                r.last = v
+                self._credit(out, whose, name(address), d)
+                r.idle = 0 if any(d) else r.idle + 1
             if r.idle >= self._idle_rounds:
                 self._dp.free_peer_row(row, slot, address)
                 r.owner = whose
@@ -311,9 +346,17 @@ class PeerTable:
             if whose is None:
                 continue
             last = self._overflow_last.get(slot, ZERO)
-            self._credit(out, whose, OTHER, _sub(values[slot], last))
-            self._overflow_last[slot] = values[slot]
+            if values[slot] is not last:
+                self._credit(out, whose, OTHER, _sub(values[slot], last))
+                self._overflow_last[slot] = values[slot]
         return out, freed_any
+
+
+Attrs = tuple[tuple[str, str], ...]
+
+
+def _peer_order(item: tuple[Peer, tuple[int, ...]]) -> tuple[str, ...]:
+    return item[0].order
 
 
 # -- at most max_peers series per owner -----------------------------------------------------------
@@ -326,6 +369,7 @@ class PeerFolder:
     def __init__(self, max_peers: int) -> None:
         self.max_peers = max_peers
         self._series: dict[str, dict[Peer, tuple[int, ...]]] = {}
+        self._exported: dict[str, tuple[tuple[Attrs, tuple[int, ...]], ...]] = {}
 
     def fold(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> dict[Peer, tuple[int, ...]]:
         """Add one interval's growth per peer; the owner's series after it."""
@@ -345,23 +389,42 @@ class PeerFolder:
             )
 
         candidates = (members | {p for p in deltas if p != OTHER and any(deltas[p])}) - {OTHER}
-        keep = set(sorted(candidates, key=busy)[: self.max_peers])
-        other = _add(series.get(OTHER, ZERO), deltas.get(OTHER, ZERO))
+        if len(candidates) <= self.max_peers:  # all keep a series: nothing to rank
+            keep = candidates
+        else:
+            keep = set(sorted(candidates, key=busy)[: self.max_peers])
+        other = series.get(OTHER, ZERO)
+        if OTHER in deltas:
+            other = _add(other, deltas[OTHER])
         for p in members - keep:  # drops out: its whole value goes on in other
             other = _add(other, series.pop(p))
         for p, d in deltas.items():
             if p == OTHER:
                 continue
             if p in keep:
-                series[p] = _add(series.get(p, ZERO), d)
+                had = series.get(p)
+                series[p] = tuple(d) if had is None else _add(had, d)
             else:
                 other = _add(other, d)
         if any(other):
             series[OTHER] = other
         return dict(series)
 
+    def exported(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> tuple[tuple[Attrs, tuple[int, ...]], ...]:
+        """:meth:`fold`, as a sample carries it: (attributes, figures) per series in peer
+        order. An owner without growth keeps its series: the last tuple is handed back."""
+        if not deltas:
+            kept = self._exported.get(owner)
+            if kept is not None:
+                return kept
+        series = self.fold(owner, deltas)
+        out = tuple([(p.attrs, v) for p, v in sorted(series.items(), key=_peer_order)])
+        self._exported[owner] = out
+        return out
+
     def forget(self, owner: str) -> None:
         self._series.pop(owner, None)
+        self._exported.pop(owner, None)
 
     def owners(self) -> list[str]:
         return list(self._series)

@@ -90,7 +90,15 @@ class Counters:
         """From struct podnet_counters' words in order (the histograms may be absent)."""
         v = tuple(values)
         n = len(COUNTER_FIELDS)
-        return cls(*v[:n], hist=v[n:] or HIST_ZERO)  # type: ignore[arg-type, misc]
+        if len(v) < n:
+            return cls(*v, hist=HIST_ZERO)  # type: ignore[arg-type, misc]
+        # What __init__ would set, without its object.__setattr__ per field (frozen): this
+        # runs for every slot that changed, every interval (issue 10).
+        c = object.__new__(cls)
+        d = c.__dict__
+        d.update(zip(COUNTER_FIELDS, v, strict=False))  # the histogram words follow
+        d["hist"] = v[n:] or HIST_ZERO
+        return c
 
     def values(self) -> tuple[int, ...]:
         return _counter_fields(self) + self.hist

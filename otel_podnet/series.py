@@ -5,7 +5,8 @@ Shared by every exporter, so OTLP, Prometheus and the tests see the same figures
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .abi import HIST_BOUNDS_US
@@ -75,30 +76,52 @@ HEALTH_METRICS = (
 Attrs = tuple[tuple[str, str], ...]
 
 
+_D, _IO, _TR = "podnet.direction", "network.io.direction", "network.transport"
+
+# A pod's number series in order: (metric, point attributes, the Counters attribute).
+POD_SERIES: tuple[tuple[MetricDef, Attrs, str], ...] = (
+    (OPENED, ((_D, "outbound"),), "opened_out"),
+    (OPENED, ((_D, "inbound"),), "opened_in"),
+    (CLOSED, ((_D, "outbound"),), "closed_out"),
+    (CLOSED, ((_D, "inbound"),), "closed_in"),
+    (ACTIVE, ((_D, "outbound"),), "active_out"),
+    (ACTIVE, ((_D, "inbound"),), "active_in"),
+    (FAILED, (("error.type", "refused"),), "failed_refused"),
+    (FAILED, (("error.type", "timeout"),), "failed_timeout"),
+    (FAILED, (("error.type", "unreachable"),), "failed_unreachable"),
+    (FAILED, (("error.type", "reset"),), "failed_reset"),
+    (FAILED, (("error.type", "other"),), "failed_other"),
+    (IO, ((_IO, "transmit"), (_TR, "tcp")), "bytes_tx_tcp"),
+    (IO, ((_IO, "transmit"), (_TR, "udp")), "bytes_tx_udp"),
+    (IO, ((_IO, "receive"), (_TR, "tcp")), "bytes_rx_tcp"),
+    (IO, ((_IO, "receive"), (_TR, "udp")), "bytes_rx_udp"),
+    (PACKETS, ((_IO, "transmit"), (_TR, "tcp")), "packets_tx_tcp"),
+    (PACKETS, ((_IO, "transmit"), (_TR, "udp")), "packets_tx_udp"),
+    (PACKETS, ((_IO, "receive"), (_TR, "tcp")), "packets_rx_tcp"),
+    (PACKETS, ((_IO, "receive"), (_TR, "udp")), "packets_rx_udp"),
+    (PAYLOAD, ((_IO, "transmit"),), "payload_tx"),
+    (PAYLOAD, ((_IO, "receive"),), "payload_rx"),
+    (RETRANSMITS, (), "retransmits"),
+    (RESETS, ((_IO, "transmit"),), "resets_tx"),
+    (RESETS, ((_IO, "receive"),), "resets_rx"),
+)
+# The values of POD_SERIES for one Counters, in one call (an exporter's per-interval work).
+pod_values: Callable[[Counters], tuple[int, ...]] = operator.attrgetter(*(f for _, _, f in POD_SERIES))
+
+
 def pod_series(c: Counters) -> Iterator[tuple[MetricDef, Attrs, int]]:
-    d = "podnet.direction"
-    yield OPENED, ((d, "outbound"),), c.opened_out
-    yield OPENED, ((d, "inbound"),), c.opened_in
-    yield CLOSED, ((d, "outbound"),), c.closed_out
-    yield CLOSED, ((d, "inbound"),), c.closed_in
-    yield ACTIVE, ((d, "outbound"),), c.active_out
-    yield ACTIVE, ((d, "inbound"),), c.active_in
-    for reason, v in c.failed.items():
-        yield FAILED, (("error.type", reason),), v
-    io, tr = "network.io.direction", "network.transport"
-    yield IO, ((io, "transmit"), (tr, "tcp")), c.bytes_tx_tcp
-    yield IO, ((io, "transmit"), (tr, "udp")), c.bytes_tx_udp
-    yield IO, ((io, "receive"), (tr, "tcp")), c.bytes_rx_tcp
-    yield IO, ((io, "receive"), (tr, "udp")), c.bytes_rx_udp
-    yield PACKETS, ((io, "transmit"), (tr, "tcp")), c.packets_tx_tcp
-    yield PACKETS, ((io, "transmit"), (tr, "udp")), c.packets_tx_udp
-    yield PACKETS, ((io, "receive"), (tr, "tcp")), c.packets_rx_tcp
-    yield PACKETS, ((io, "receive"), (tr, "udp")), c.packets_rx_udp
-    yield PAYLOAD, ((io, "transmit"),), c.payload_tx
-    yield PAYLOAD, ((io, "receive"),), c.payload_rx
-    yield RETRANSMITS, (), c.retransmits
-    yield RESETS, ((io, "transmit"),), c.resets_tx
-    yield RESETS, ((io, "receive"),), c.resets_rx
+    for (md, attrs, _), v in zip(POD_SERIES, pod_values(c), strict=True):
+        yield md, attrs, v
+
+
+# A peer's points in abi.PEER_FIELDS order: (metric, the attributes before the peer's).
+PEER_POINTS: tuple[tuple[MetricDef, Attrs], ...] = (
+    (PEER_IO, ((_IO, "transmit"),)),
+    (PEER_IO, ((_IO, "receive"),)),
+    (PEER_OPENED, ((_D, "outbound"),)),
+    (PEER_OPENED, ((_D, "inbound"),)),
+    *((PEER_FAILED, (("error.type", t),)) for t in ("refused", "timeout", "unreachable", "reset", "other")),
+)
 
 
 def peer_series(
@@ -106,16 +129,8 @@ def peer_series(
 ) -> Iterator[tuple[MetricDef, Attrs, int]]:
     """A sample's peer series (abi.PEER_FIELDS order); a point only where the figure is not
     zero (a series that never had a failure has no failure points)."""
-    io, d = "network.io.direction", "podnet.direction"
     for attrs, v in peers:
-        points = (
-            (PEER_IO, ((io, "transmit"),), v[0]),
-            (PEER_IO, ((io, "receive"),), v[1]),
-            (PEER_OPENED, ((d, "outbound"),), v[2]),
-            (PEER_OPENED, ((d, "inbound"),), v[3]),
-            *((PEER_FAILED, (("error.type", t),), v[4 + i]) for i, t in enumerate(FAILED_TYPES)),
-        )
-        for md, a, value in points:
+        for (md, a), value in zip(PEER_POINTS, v, strict=True):
             if value:
                 yield md, a + attrs, value
 
@@ -123,12 +138,18 @@ def peer_series(
 FAILED_TYPES = ("refused", "timeout", "unreachable", "reset", "other")
 
 
+# A pod's histograms: (metric, point attributes, the Counters property).
+POD_HISTOGRAMS: tuple[tuple[MetricDef, Attrs, str], ...] = (
+    (CONNECT_DURATION, ((_D, "outbound"),), "connect_out"),
+    (CONNECT_DURATION, ((_D, "inbound"),), "connect_in"),
+    (RTT, ((_D, "outbound"),), "rtt_out"),
+    (RTT, ((_D, "inbound"),), "rtt_in"),
+)
+
+
 def pod_histograms(c: Counters) -> Iterator[tuple[MetricDef, Attrs, Histogram]]:
-    d = "podnet.direction"
-    yield CONNECT_DURATION, ((d, "outbound"),), c.connect_out
-    yield CONNECT_DURATION, ((d, "inbound"),), c.connect_in
-    yield RTT, ((d, "outbound"),), c.rtt_out
-    yield RTT, ((d, "inbound"),), c.rtt_in
+    for d, attrs, name in POD_HISTOGRAMS:
+        yield d, attrs, getattr(c, name)
 
 
 def health_series(h: Health, export_failures: int) -> Iterator[tuple[MetricDef, Attrs, float]]:

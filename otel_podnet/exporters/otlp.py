@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from itertools import repeat
 from logging import getLogger
 from typing import Any
 from urllib.parse import urlparse
@@ -45,6 +46,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .. import __version__
+from ..abi import HIST_BUCKETS, HIST_WORDS, HISTOGRAMS
 from ..inventory import PodInfo
 from ..log import RateLimited
 from ..resources import env_attributes, node_attributes, pod_attributes
@@ -55,13 +57,14 @@ from ..series import (
     HIST_BOUNDS_S,
     HISTOGRAM_METRICS,
     PEER_METRICS,
+    PEER_POINTS,
+    POD_HISTOGRAMS,
     POD_METRICS,
+    POD_SERIES,
     Attrs,
     MetricDef,
     health_series,
-    peer_series,
-    pod_histograms,
-    pod_series,
+    pod_values,
 )
 from ..settings import ConfigError
 from . import ExportStats
@@ -205,6 +208,8 @@ class OtlpExporter:
         self._last_hist: dict[SeriesKey, KernelHistogram] = {}
         self._unsent_finals: dict[str, tuple[PodSample, PodInfo | None]] = {}
         self._resources: dict[str | None, tuple[PodInfo | None, Attrs]] = {}
+        self._peer_layouts: dict[Any, list[Any]] = {}  # see _peer_groups
+        self._hist_cache: dict[str | None, tuple[tuple[int, ...], list[KernelHistogram]]] = {}
         # the SDK's own exporters take the request built directly (otlp_proto); another
         # MetricExporter (a test's, the console's) gets the SDK's data model
         self._encoder = None
@@ -315,8 +320,9 @@ class OtlpExporter:
         out = []
         for s in samples:
             owner = s.uid
-            groups = self._numbers(owner, POD_METRICS, pod_series(s.counters), values)
-            groups += self._numbers(owner, PEER_METRICS, peer_series(s.peers), values)
+            groups = self._pod_groups(owner, s, values)
+            if s.peers:
+                groups += self._peer_groups(owner, s.peers, values)
             groups += self._histograms(owner, s, hists)
             if owner is None:
                 health = health_series(snapshot.health, self._stats.failures)
@@ -325,6 +331,7 @@ class OtlpExporter:
         if len(self._resources) > len(out):  # owners that left leave nothing behind
             seen = {owner for owner, _, _ in out}
             self._resources = {k: v for k, v in self._resources.items() if k in seen}
+            self._hist_cache = {k: v for k, v in self._hist_cache.items() if k in seen}
         return out, values, hists
 
     def _resource(self, uid: str | None, info: PodInfo | None) -> Attrs:
@@ -347,22 +354,75 @@ class OtlpExporter:
         owners, values, hists = self.owners(samples, snapshot, pods)
         return MetricsData(resource_metrics=[_model(r, g, now_ns) for _, r, g in owners]), values, hists
 
+    def _group(
+        self, owner: str | None, d: MetricDef, attrs: tuple[Attrs, ...], values: Any, state: dict[SeriesKey, float]
+    ) -> Group:
+        """One metric's points as they go out: in delta mode a monotonic series' delta
+        against its last exported value (its cumulative value into ``state``)."""
+        if d.gauge:
+            return Group(d, GAUGE, 0, attrs, values, self._start_ns)
+        if self._delta and d.monotonic:
+            last = self._last
+            deltas = []
+            for a, v in zip(attrs, values, strict=True):
+                key: SeriesKey = (owner, d.name, a)
+                state[key] = v
+                deltas.append(v - last.get(key, 0))
+            return Group(d, SUM, AggregationTemporality.DELTA, attrs, deltas, self._last_ok_ns)
+        return Group(d, SUM, AggregationTemporality.CUMULATIVE, attrs, values, self._start_ns)
+
+    def _pod_groups(self, owner: str | None, s: PodSample, state: dict[SeriesKey, float]) -> list[Group]:
+        """The pod series (series.POD_SERIES), their layout fixed: one call reads the values."""
+        v = pod_values(s.counters)
+        return [self._group(owner, d, attrs, v[lo:hi], state) for d, attrs, lo, hi in _POD_LAYOUT]
+
+    def _peer_groups(
+        self, owner: str | None, peers: tuple[tuple[Attrs, tuple[int, ...]], ...], state: dict[SeriesKey, float]
+    ) -> list[Group]:
+        """The peer series (series.peer_series: a point where a figure is not zero), by
+        metric in PEER_METRICS order; the layout is kept per peers and non-zero figures."""
+        key = tuple([(a, tuple(map(bool, v))) for a, v in peers])
+        layout = self._peer_layouts.get(key)
+        if layout is None:
+            if len(self._peer_layouts) >= 4096:  # bounded: peers come and go
+                self._peer_layouts.clear()
+            layout = self._peer_layouts[key] = _peer_layout(peers)
+        return [self._group(owner, d, attrs, [peers[i][1][j] for i, j in at], state) for d, attrs, at in layout]
+
     def _histograms(self, owner: str | None, s: PodSample, hists: dict[SeriesKey, KernelHistogram]) -> list[Group]:
         """The latency histograms, as the SDK would emit an explicit-bucket Histogram: the
         kernel's buckets are the OTLP buckets (upper bounds inclusive), count and sum exact.
         min and max are not known: None, which the encoder leaves unset (they are optional
         in OTLP), rather than a made-up value."""
-        by_metric: dict[str, list[tuple[Attrs, Any, int]]] = {}
-        temporality = AggregationTemporality.DELTA if self._delta else AggregationTemporality.CUMULATIVE
-        for d, attrs, h in pod_histograms(s.counters):
-            start = self._start_ns
+        out = []
+        hs_all = self._histogram_values(owner, s.counters.hist)
+        for d, attrs, at in _HIST_LAYOUT:
+            hs = [hs_all[i] for i in at]
             if self._delta:
-                key: SeriesKey = (owner, d.name, attrs)
-                hists[key] = h
-                start = self._last_ok_ns
-                h = h - self._last_hist.get(key, KernelHistogram())
-            by_metric.setdefault(d.name, []).append((attrs, h, start))
-        return [Group(d, HISTOGRAM, temporality, by_metric[d.name]) for d in HISTOGRAM_METRICS if d.name in by_metric]
+                for i, a in enumerate(attrs):
+                    key: SeriesKey = (owner, d.name, a)
+                    hists[key] = hs[i]
+                    hs[i] = hs[i] - self._last_hist.get(key, KernelHistogram())
+                out.append(Group(d, HISTOGRAM, AggregationTemporality.DELTA, attrs, hs, self._last_ok_ns))
+            else:
+                out.append(Group(d, HISTOGRAM, AggregationTemporality.CUMULATIVE, attrs, hs, self._start_ns))
+        return out
+
+    def _histogram_values(self, owner: str | None, hist: tuple[int, ...]) -> list[KernelHistogram]:
+        """The owner's histograms (abi.HISTOGRAMS order, as Counters.histogram makes them);
+        one that did not change since the last interval is the same object (the request
+        skips it by identity)."""
+        cached = self._hist_cache.get(owner)
+        if cached is not None and cached[0] == hist:
+            return cached[1]
+        hs = [KernelHistogram(hist[o : o + HIST_BUCKETS], hist[o + HIST_BUCKETS]) for o in _HIST_OFFSETS]
+        if cached is not None:
+            hs = [
+                old if old.sum_ns == new.sum_ns and old.buckets == new.buckets else new
+                for old, new in zip(cached[1], hs, strict=True)
+            ]
+        self._hist_cache[owner] = (hist, hs)
+        return hs
 
     def _numbers(
         self,
@@ -371,35 +431,55 @@ class OtlpExporter:
         points: Iterable[tuple[MetricDef, Attrs, Any]],
         values: dict[SeriesKey, float],
     ) -> list[Group]:
-        """Points grouped by metric in ``defs`` order. Only delta mode keeps state: each
-        monotonic series' cumulative value, the next delta's base once exported."""
-        by_metric: dict[str, list[tuple[Attrs, Any, int]]] = {}
-        start = self._start_ns
+        """Points grouped by metric in ``defs`` order (the node's health series)."""
+        by_metric: dict[str, tuple[list[Attrs], list[Any]]] = {}
         for md, attrs, value in points:
             mine = by_metric.get(md.name)
             if mine is None:
-                mine = by_metric[md.name] = []
-            mine.append((attrs, value, start))
-        out = []
-        for d in defs:
-            dps = by_metric.get(d.name)
-            if not dps:
-                continue
-            delta = self._delta and d.monotonic
-            if delta:
-                last, ok_ns = self._last, self._last_ok_ns
-                cumulative = dps
-                dps = []
-                for attrs, value, _ in cumulative:
-                    key: SeriesKey = (owner, d.name, attrs)
-                    values[key] = value
-                    dps.append((attrs, value - last.get(key, 0), ok_ns))
-            if d.gauge:
-                out.append(Group(d, GAUGE, 0, dps))
-            else:
-                temporality = AggregationTemporality.DELTA if delta else AggregationTemporality.CUMULATIVE
-                out.append(Group(d, SUM, temporality, dps))
-        return out
+                mine = by_metric[md.name] = ([], [])
+            mine[0].append(attrs)
+            mine[1].append(value)
+        return [
+            self._group(owner, d, tuple(by_metric[d.name][0]), by_metric[d.name][1], values)
+            for d in defs
+            if d.name in by_metric
+        ]
+
+
+def _grouped(points: list[tuple[MetricDef, Attrs, Any]], defs: tuple[MetricDef, ...]) -> list[Any]:
+    """(metric, the points' attributes, what each point's value is) by metric in ``defs`` order."""
+    return [
+        (d, tuple(a for md, a, _ in points if md is d), [x for md, _, x in points if md is d])
+        for d in defs
+        if any(md is d for md, _, _ in points)
+    ]
+
+
+def _pod_layout() -> list[tuple[MetricDef, tuple[Attrs, ...], int, int]]:
+    out = []
+    for d, attrs, at in _grouped([(md, a, i) for i, (md, a, _) in enumerate(POD_SERIES)], POD_METRICS):
+        assert at == list(range(at[0], at[-1] + 1))  # POD_SERIES lists a metric's series together
+        out.append((d, attrs, at[0], at[-1] + 1))
+    return out
+
+
+def _peer_layout(peers: tuple[tuple[Attrs, tuple[int, ...]], ...]) -> list[Any]:
+    points = [
+        (md, a + attrs, (i, j))
+        for i, (attrs, v) in enumerate(peers)
+        for j, ((md, a), x) in enumerate(zip(PEER_POINTS, v, strict=True))
+        if x
+    ]
+    return _grouped(points, PEER_METRICS)
+
+
+def _hist_layout() -> list[Any]:
+    return _grouped([(d, a, HISTOGRAMS.index(name)) for d, a, name in POD_HISTOGRAMS], HISTOGRAM_METRICS)
+
+
+_HIST_OFFSETS = [i * HIST_WORDS for i in range(len(HISTOGRAMS))]
+_POD_LAYOUT = _pod_layout()
+_HIST_LAYOUT = _hist_layout()
 
 
 def _model(resource: Attrs, groups: list[Group], now_ns: int) -> ResourceMetrics:
@@ -423,13 +503,13 @@ def _model(resource: Attrs, groups: list[Group], now_ns: int) -> ResourceMetrics
                     min=None,  # type: ignore[arg-type]
                     max=None,  # type: ignore[arg-type]
                 )
-                for attrs, h, start in g.points
+                for attrs, h, start in zip(g.attrs, g.values, repeat(g.start))
             ]
             data = Histogram(data_points=hdps, aggregation_temporality=AggregationTemporality(g.temporality))
         else:
             dps = [
                 NumberDataPoint(attributes=dict(attrs), start_time_unix_nano=start, time_unix_nano=now_ns, value=v)
-                for attrs, v, start in g.points
+                for attrs, v, start in zip(g.attrs, g.values, repeat(g.start))
             ]
             if g.kind == GAUGE:
                 data = Gauge(data_points=dps)

@@ -36,12 +36,16 @@ HIST_BOUNDS = list(HIST_BOUNDS_S)
 
 
 class Group(NamedTuple):
-    """One metric of one owner: its points as (attributes, value, start time)."""
+    """One metric of one owner: its points' attributes and values, and their start time.
+    ``attrs`` is kept from one interval to the next while the series stay the same (the
+    shape compares it by identity first); only ``values`` is made per interval."""
 
     d: MetricDef
     kind: int  # SUM, GAUGE or HISTOGRAM
     temporality: int  # AggregationTemporality's value
-    points: list[tuple[Attrs, Any, int]]  # value: int, float or a KernelHistogram
+    attrs: tuple[Attrs, ...]
+    values: Sequence[Any]  # int, float or a KernelHistogram per point
+    start: int  # the points' start time (unset for a gauge)
 
 
 def _key_values(attrs: Sequence[tuple[str, str]]) -> list[KeyValue]:
@@ -51,14 +55,14 @@ def _key_values(attrs: Sequence[tuple[str, str]]) -> list[KeyValue]:
 class _Template:
     """One owner's ResourceMetrics of one shape, and its points in order."""
 
-    __slots__ = ("message", "points", "shape")
+    __slots__ = ("last", "message", "points", "shape", "starts")
 
     def __init__(self, shape: tuple[Any, ...], resource: Attrs, groups: list[Group], scope: InstrumentationScope):
         self.shape = shape
         metrics = []
         for g in groups:
             m = pb.Metric(name=g.d.name, description=g.d.description, unit=g.d.unit)
-            for attrs, _, _ in g.points:
+            for attrs in g.attrs:
                 kv = _key_values(attrs)
                 if g.kind == HISTOGRAM:
                     m.histogram.data_points.add(attributes=kv, explicit_bounds=HIST_BOUNDS)
@@ -78,6 +82,10 @@ class _Template:
             schema_url="",
         )
         self.points: list[Any] = []
+        # what the points hold now (None: not set yet): a value or start time that did not
+        # change is not set again (most of a pod's series do not move in an interval)
+        self.last: list[Any] = []
+        self.starts: list[int | None] = [None] * len(groups)
 
     def place(self, request: ExportMetricsServiceRequest) -> None:
         """Into ``request`` (a copy), then the template is that copy: later intervals set
@@ -88,36 +96,44 @@ class _Template:
         for m in self.message.scope_metrics[0].metrics:
             data = m.histogram if m.HasField("histogram") else m.gauge if m.HasField("gauge") else m.sum
             self.points.extend(data.data_points)
+        if len(self.last) != len(self.points):
+            self.last = [None] * len(self.points)
 
     def fill(self, groups: list[Group], now_ns: int) -> None:
-        dps = iter(self.points)
-        for g in groups:
+        dps, last, starts = self.points, self.last, self.starts
+        i = 0
+        for gi, g in enumerate(groups):
+            start = g.start
+            new_start = g.kind != GAUGE and starts[gi] != start
+            if new_start:
+                starts[gi] = start
             if g.kind == HISTOGRAM:
-                for _, h, start in g.points:
-                    dp = next(dps)
+                for h in g.values:
+                    dp = dps[i]
                     assert isinstance(h, KernelHistogram)
-                    dp.start_time_unix_nano = start
+                    if new_start:
+                        dp.start_time_unix_nano = start
                     dp.time_unix_nano = now_ns
-                    dp.count = h.count
-                    dp.sum = h.sum_seconds
-                    dp.bucket_counts[:] = h.buckets
-            elif g.kind == GAUGE:
-                for _, v, _ in g.points:
-                    dp = next(dps)
-                    dp.time_unix_nano = now_ns
-                    if isinstance(v, int):
-                        dp.as_int = v
-                    else:
-                        dp.as_double = v
+                    if h is not last[i] and h != last[i]:
+                        last[i] = h
+                        dp.count = h.count
+                        dp.sum = h.sum_seconds
+                        dp.bucket_counts[:] = h.buckets
+                    i += 1
             else:
-                for _, v, start in g.points:
-                    dp = next(dps)
-                    dp.start_time_unix_nano = start
+                for v in g.values:
+                    dp = dps[i]
+                    if new_start:
+                        dp.start_time_unix_nano = start
                     dp.time_unix_nano = now_ns
-                    if isinstance(v, int):
-                        dp.as_int = v
-                    else:
-                        dp.as_double = v
+                    was = last[i]
+                    if v != was or type(v) is not type(was):  # 0 == 0.0, but as_int is not as_double
+                        last[i] = v
+                        if isinstance(v, int):
+                            dp.as_int = v
+                        else:
+                            dp.as_double = v
+                    i += 1
 
 
 class RequestEncoder:
@@ -135,7 +151,7 @@ class RequestEncoder:
 
     def encode(self, owners: list[tuple[str | None, Attrs, list[Group]]], now_ns: int) -> ExportMetricsServiceRequest:
         shapes = [
-            (owner, (resource, tuple((g.d.name, g.temporality, tuple([p[0] for p in g.points])) for g in groups)))
+            (owner, (resource, tuple([(g.d.name, g.temporality, g.attrs) for g in groups])))
             for owner, resource, groups in owners
         ]
         if shapes != self._shapes:

@@ -71,7 +71,7 @@ def snapshots() -> list[tuple[Snapshot, dict[str, PodInfo]]]:
         samples = [
             PodSample(None, counters(k), peers=((NODE_PEER, (k, k, 0, 0, 0, 0, 0, 0, 0)),)),
             PodSample(A, counters(k + 1), peers=peers_a),
-            PodSample(C, counters(k + 2)),  # known by its cgroup only
+            PodSample(C, counters(min(k, 5) + 2)),  # known by its cgroup only; idle from k=5 on
         ]
         if k <= 4:  # B leaves after its final sample
             samples.append(PodSample(B, counters(k + 3), final=k == 4))
