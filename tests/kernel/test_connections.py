@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+import pytest
+
 from otel_podnet.abi import CG_POD, SLOT_NODE
 from otel_podnet.features import CLOSED_PORT_RESETS
 from otel_podnet.simnode import SimNode
@@ -76,6 +78,7 @@ def test_refused_connections(node: SimNode, start_agent: Callable[[], Agent]) ->
     assert agent.settle(b, lambda c: c.resets_tx == expected).resets_tx == expected
 
 
+@pytest.mark.matrix
 def test_timeout_with_short_syn_retries(node: SimNode, start_agent: Callable[[], Agent]) -> None:
     a = node.add_pod("client")
     silent = f"198.18.{node.net}.250"
@@ -126,6 +129,7 @@ def test_ten_thousand_short_connections(node: SimNode, start_agent: Callable[[],
     assert (ca.payload_tx, ca.payload_rx, cb.payload_tx, cb.payload_rx) == (10_000,) * 4
 
 
+@pytest.mark.matrix
 def test_connections_older_than_the_agent(node: SimNode, start_agent: Callable[[], Agent]) -> None:
     a, b = node.add_pod("client"), node.add_pod("server")
     srv = node.workload(b, "echo-server", addr=b.ip4, port=5002, count=7)
@@ -157,6 +161,7 @@ def test_connections_older_than_the_agent(node: SimNode, start_agent: Callable[[
     assert ca.opened_out + ca.adopted_out - ca.closed_out == 0
 
 
+@pytest.mark.matrix
 def test_ipv6_counted_like_ipv4(node: SimNode, start_agent: Callable[[], Agent]) -> None:
     a, b = node.add_pod("client", ipv6=True), node.add_pod("server", ipv6=True)
     agent = start_agent()
@@ -172,6 +177,7 @@ def test_ipv6_counted_like_ipv4(node: SimNode, start_agent: Callable[[], Agent])
     assert (ca.bytes_tx_tcp, ca.packets_tx_tcp) == (cb.bytes_rx_tcp, cb.packets_rx_tcp)
 
 
+@pytest.mark.matrix
 def test_resets_for_a_closed_port_are_the_pods_bytes(node: SimNode, start_agent: Callable[[], Agent]) -> None:
     """The kernel answers a SYN to a closed port from a TCP control socket that it shares
     among all namespaces: each RST is the bytes of the pod whose address it leaves from

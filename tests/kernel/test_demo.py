@@ -7,9 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from otel_podnet.cgroups import find_cgroup2_mount
 
 
+@pytest.mark.matrix
 def test_demo_matches_its_ground_truth() -> None:
     r = subprocess.run([sys.executable, "-m", "otel_podnet", "demo"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

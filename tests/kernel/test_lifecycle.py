@@ -144,6 +144,7 @@ def test_sigterm_final_export_and_detach(tmp_path: Path, node: SimNode, cgroup_r
     assert ours.loaded() == [] and ours.attached(cgroup_root) == []
 
 
+@pytest.mark.matrix
 def test_sigkill_leaves_nothing(tmp_path: Path, node: SimNode, cgroup_root: Path) -> None:
     node.add_pod("a")
     ours = Ours()

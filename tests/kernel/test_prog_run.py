@@ -20,6 +20,9 @@ from otel_podnet.libbpf import prog_test_run
 from otel_podnet.samples import Counters
 from otel_podnet.simnode import sh
 
+# every program through each kernel's verifier and JIT: also in the kernel matrix's guests
+pytestmark = pytest.mark.matrix
+
 ETH_IP = b"\x02" * 12 + b"\x08\x00"
 ETH_IP6 = b"\x02" * 12 + b"\x86\xdd"
 ETH_ARP = b"\x02" * 12 + b"\x08\x06"

@@ -130,6 +130,7 @@ def test_udp_datagrams(node: SimNode, start_agent: Callable[[], Agent]) -> None:
     assert ca.bytes_tx_tcp == cb.bytes_rx_tcp == 0
 
 
+@pytest.mark.matrix
 def test_server_closing_first_misses_exactly_the_timewait_segments(
     node: SimNode, start_agent: Callable[[], Agent]
 ) -> None:
