@@ -27,9 +27,17 @@ def test_demo_matches_its_ground_truth() -> None:
     unseen = dict(rows)
     assert len(unseen) == 3, r.stdout
     assert unseen["web-7d4b9c"] == "0 / 0 in 0 / 0"
-    # (the timewait ACKs api sends are seen where the kernel sends them from its TCP control
-    # socket, as 6.1 and 6.12 do: see test_traffic's server-closing-first test)
-    assert unseen["api-5f6d8b"] in ("520 / 520 in 10 / 10", "0 / 520 in 0 / 10")
+    # At most one FIN in and one ACK out per connection (52 bytes each): a client's FIN that
+    # arrives with or before the acknowledgement of the server's own FIN still finds the
+    # full socket (FIN_WAIT1), and that one is seen, as the 'ok' above checks against the
+    # kernel's counters: one of ten did so in the 6.1 guest under TCG. The timewait ACKs api sends are seen where the
+    # kernel sends them from its TCP control socket, as 6.1 and 6.12 do (see test_traffic's
+    # server-closing-first test), so tx is either as many as rx or none.
+    m = re.fullmatch(r"(\d+) / (\d+) in (\d+) / (\d+)", unseen["api-5f6d8b"].replace(",", ""))
+    assert m, unseen
+    tx_bytes, rx_bytes, tx, rx = map(int, m.groups())
+    assert 1 <= rx <= 10 and rx_bytes == 52 * rx, unseen
+    assert (tx, tx_bytes) in ((0, 0), (rx, rx_bytes)), unseen
     assert unseen["db-0"] == "0 / 300 in 0 / 5"
     # nothing of its own is left: its namespaces and its cgroups (other test runs on this
     # machine make and remove theirs meanwhile)
