@@ -148,6 +148,7 @@ def test_server_closing_first_misses_exactly_the_timewait_segments(
     for pod in (a, b):
         node.set_offloads(pod, on=False)
     before_if, before_snmp, before = quiet_counters(node, b), tcp_snmp(b), agent.counters(b)
+    client_before = tcp_snmp(a)
     srv = node.workload(
         b, "tcp-server", addr=b.ip4, port=6002, count=20, recv=100_000, send=10_000, **{"close-first": 1}
     )
@@ -161,6 +162,7 @@ def test_server_closing_first_misses_exactly_the_timewait_segments(
     assert node.result(srv) == {"accepted": 20, "received": 2_000_000, "sent": 200_000}
     c = agent.settle(b, lambda c: c.closed_in - before.closed_in == 20)
     after_if, after_snmp = quiet_counters(node, b), tcp_snmp(b)
+    client_retrans = tcp_snmp(a)["RetransSegs"] - client_before["RetransSegs"]
     iface = ip_level({k: after_if[k] - before_if[k] for k in after_if})
     snmp = {k: after_snmp[k] - before_snmp[k] for k in after_snmp}
     seen = {
@@ -172,13 +174,16 @@ def test_server_closing_first_misses_exactly_the_timewait_segments(
     # the segments the kernel's TCP took in and sent that the agent did not see
     unseen_in = snmp["InSegs"] - seen["rx_packets"]
     unseen_out = snmp["OutSegs"] + snmp["RetransSegs"] - seen["tx_packets"]
-    # One FIN in per connection, never seen. The mini-socket's ACK of it: unseen where the
-    # kernel sends it owned by the mini-socket (6.18 here); seen where it leaves from the
-    # kernel's per-CPU TCP control socket (6.1 and 6.12), which the egress hook counts for the
-    # pod by its source address. Either way all 20 or none, and the interface agrees exactly.
-    assert unseen_in == 20 and unseen_out in (0, 20), (unseen_in, unseen_out)
-    assert iface["rx_packets"] - seen["rx_packets"] == 20
+    # One FIN in per connection, never seen, and the client's retransmissions of it if the
+    # mini-socket's ACK came late (a guest under TCG: 21 once, the client had retransmitted).
+    # The mini-socket's ACK of each: unseen where the kernel sends it owned by the
+    # mini-socket (6.18 here); seen where it leaves from the kernel's per-CPU TCP control
+    # socket (6.1 and 6.12), which the egress hook counts for the pod by its source address.
+    # Either way all or none, and the interface agrees exactly.
+    assert 20 <= unseen_in <= 20 + client_retrans, (unseen_in, unseen_out, client_retrans)
+    assert unseen_out in (0, unseen_in), (unseen_in, unseen_out)
+    assert iface["rx_packets"] - seen["rx_packets"] == unseen_in
     assert iface["tx_packets"] - seen["tx_packets"] == unseen_out
-    assert iface["rx_bytes"] - seen["rx_bytes"] == 20 * SEGMENT_HEADERS
+    assert iface["rx_bytes"] - seen["rx_bytes"] == unseen_in * SEGMENT_HEADERS
     assert iface["tx_bytes"] - seen["tx_bytes"] == unseen_out * SEGMENT_HEADERS
     assert (c.payload_rx - before.payload_rx, c.payload_tx - before.payload_tx) == (2_000_000, 200_000)
