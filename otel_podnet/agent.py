@@ -3,6 +3,7 @@ SIGTERM/SIGINT one final export, then every program detached."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -28,10 +29,27 @@ class Agent:
         self.health = health or HealthState(interval)
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT end the loop at once, which sleeps until the next collection
+        or a change of the pod source, with no periodic wake-up (issue 10: each costs CPU
+        on every node, all the time). The handler runs in the main thread, possibly while
+        that thread holds the lock of the event it waits on, so it must not set that event
+        itself: it writes to a pipe, and a thread blocked on the pipe sets it."""
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+
         def _stop(signum: int, frame: FrameType | None) -> None:
             _logger.info("received %s: final export, then detaching", signal.Signals(signum).name)
-            self.stop_event.set()
+            self.stop_event.set()  # the main thread only reads it (is_set: no lock)
+            try:
+                os.write(wake_w, b"\0")
+            except BlockingIOError:  # a wake-up is pending already
+                pass
 
+        def _waker() -> None:
+            while os.read(wake_r, 64):
+                self.core.source.changed.set()
+
+        threading.Thread(target=_waker, name="signal-waker", daemon=True).start()
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
 
@@ -60,7 +78,7 @@ class Agent:
                 # kernel's maps at once when the pod source says so.
                 changed = self.core.source.changed
                 timeout = max(0.0, deadline - time.monotonic())
-                if changed.wait(min(timeout, 0.5)) and not self.stop_event.is_set():
+                if changed.wait(timeout) and not self.stop_event.is_set():
                     changed.clear()
                     self.core.resync()
                 if time.monotonic() >= deadline:
