@@ -355,8 +355,8 @@ class PeerTable:
 Attrs = tuple[tuple[str, str], ...]
 
 
-def _peer_order(item: tuple[Peer, tuple[int, ...]]) -> tuple[str, ...]:
-    return item[0].order
+def _order_of(peer: Peer) -> tuple[str, ...]:
+    return peer.order
 
 
 # -- at most max_peers series per owner -----------------------------------------------------------
@@ -370,10 +370,20 @@ class PeerFolder:
         self.max_peers = max_peers
         self._series: dict[str, dict[Peer, tuple[int, ...]]] = {}
         self._exported: dict[str, tuple[tuple[Attrs, tuple[int, ...]], ...]] = {}
+        self._order: dict[str, list[Peer]] = {}  # each owner's series in peer order
 
     def fold(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> dict[Peer, tuple[int, ...]]:
         """Add one interval's growth per peer; the owner's series after it."""
+        return dict(self._fold(owner, deltas))
+
+    def _fold(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> dict[Peer, tuple[int, ...]]:
         series = self._series.setdefault(owner, {})
+        if all(p in series for p in deltas):
+            # Every peer that grew has a series already (most intervals of most owners):
+            # no peer is new, so none can displace another, and nothing moves to other.
+            for p, d in deltas.items():
+                series[p] = _add(series[p], d)
+            return series
         members = {p for p in series if p != OTHER}
 
         def busy(p: Peer) -> tuple[int, int, int, int, Peer]:
@@ -408,23 +418,28 @@ class PeerFolder:
                 other = _add(other, d)
         if any(other):
             series[OTHER] = other
-        return dict(series)
+        return series
 
     def exported(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> tuple[tuple[Attrs, tuple[int, ...]], ...]:
         """:meth:`fold`, as a sample carries it: (attributes, figures) per series in peer
-        order. An owner without growth keeps its series: the last tuple is handed back."""
+        order. An owner without growth keeps its series: the last tuple is handed back.
+        The order is sorted again only when the owner's set of series changed."""
         if not deltas:
             kept = self._exported.get(owner)
             if kept is not None:
                 return kept
-        series = self.fold(owner, deltas)
-        out = tuple([(p.attrs, v) for p, v in sorted(series.items(), key=_peer_order)])
+        series = self._fold(owner, deltas)
+        order = self._order.get(owner)
+        if order is None or len(order) != len(series) or not all(p in series for p in order):
+            order = self._order[owner] = sorted(series, key=_order_of)
+        out = tuple([(p.attrs, series[p]) for p in order])
         self._exported[owner] = out
         return out
 
     def forget(self, owner: str) -> None:
         self._series.pop(owner, None)
         self._exported.pop(owner, None)
+        self._order.pop(owner, None)
 
     def owners(self) -> list[str]:
         return list(self._series)
