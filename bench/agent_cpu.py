@@ -13,6 +13,9 @@ request/response of 100 bytes each way on every one of them. Then, per mode:
   default exporter (OTLP gRPC) to the real OpenTelemetry Collector
   (collector-config/gateway.yaml, as tests/e2e runs it, with a file exporter that writes
   each request it receives as one JSON line);
+- ``otlp-http``: the same with ``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`` to the same
+  Collector: beside ``otlp``, what gRPC's own threads cost (its event engine wakes up on
+  timers of its own, connected or not);
 - ``prometheus``: the same process with ``--exporter prometheus`` only, its ``/metrics``
   fetched every interval over HTTP as Prometheus does (its Accept header).
 
@@ -377,10 +380,12 @@ def run_mode(
     spy = str(Path(args.py_spy) / f"{mode}.txt") if args.py_spy else None
     prof = Path(args.profile) / f"{mode}.prof" if args.profile else None
     print(f"\n== {mode}: {args.intervals} intervals of {args.interval:g} s after {args.warmup} of warm-up", flush=True)
-    if mode == "otlp":
+    if mode in ("otlp", "otlp-http"):
         binary = build_otelcol()
         with gateway(binary, tmp / "col") as col:
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": col.grpc_endpoint}
+            if mode == "otlp-http":
+                env = {"OTEL_EXPORTER_OTLP_ENDPOINT": col.http_endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
             with agent(tree, pods_file, node.name, args.interval, [], env, prof) as proc:
                 ready = time.monotonic()
                 m = measure(proc, ready, args.interval, args.warmup, args.intervals, spy)
@@ -433,7 +438,9 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=10.0)
     p.add_argument("--intervals", type=int, default=12, help="measured intervals per mode")
     p.add_argument("--warmup", type=int, default=2, help="intervals before the measurement")
-    p.add_argument("--mode", action="append", choices=["otlp", "prometheus"], help="default: both")
+    p.add_argument(
+        "--mode", action="append", choices=["otlp", "otlp-http", "prometheus"], help="default: otlp and prometheus"
+    )
     p.add_argument("--profile", metavar="DIR", help="run the agent under cProfile, DIR/MODE.prof")
     p.add_argument("--py-spy", metavar="DIR", help="py-spy record (every thread) while measuring: DIR/MODE.txt")
     p.add_argument("--tree", default=str(REPO), help="the checkout whose agent runs (default: this one)")
