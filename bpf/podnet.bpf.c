@@ -1303,4 +1303,40 @@ int BPF_PROG(podnet_rst_rx, struct sock *sk)
 	return 0;
 }
 
+/*
+ * podnet_cgroup_rmdir: the id of every cgroup v2 directory removed on the node, queued for
+ * the agent (issue 10).
+ *
+ * Design decisions:
+ * - The agent used to learn that a pod's cgroup was gone by stat()ing every pod cgroup
+ *   every interval: O(cgroups) system calls per collection, the largest part of its cgroup
+ *   work at 110 pods. The kernel says it as it happens, so a collection costs O(removals).
+ * - Every removal on the default hierarchy is queued, not only those of cgroups in
+ *   podnet_cgroups: the agent may be inserting a cgroup's entry while it is removed, and
+ *   it reads the queue after its inserts, so none is missed. Other hierarchies (cgroup v1
+ *   on a hybrid host) number their cgroups on their own: their ids could be a v2 cgroup's.
+ *   The default hierarchy is hierarchy 0 (as in /proc/cgroups).
+ * - The queue is bounded: when it is full the removal is counted (PODNET_H_GONE_LOST) and
+ *   the agent checks every pod cgroup once, as it did every interval before; it does the
+ *   same once after attach, for removals between its walk of the hierarchy and attach.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, PODNET_MAX_GONE);
+	__type(value, __u64);
+} podnet_cgroups_gone SEC(".maps");
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(podnet_cgroup_rmdir, struct cgroup *cgrp, const char *path)
+{
+	__u64 id;
+
+	if (PODNET_CUT == CUT_HOOKS || BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
+		return 0;
+	id = BPF_CORE_READ(cgrp, kn, id);
+	if (bpf_map_push_elem(&podnet_cgroups_gone, &id, 0))
+		health_inc(PODNET_H_GONE_LOST);
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -17,6 +17,7 @@
 #define PODNET_SLOT_NODE	0	/* traffic of no pod, and overflow when slots run out */
 #define PODNET_MAX_CGROUPS	65536
 #define PODNET_MAX_POD_IPS	16384
+#define PODNET_MAX_GONE		4096	/* cgroup removals queued between two collections */
 
 /* podnet_cgroup.kind: what the agent knows of a cgroup. */
 #define PODNET_CG_UNKNOWN	0	/* just seen by the kernel; the agent has not classified it */
@@ -135,7 +136,8 @@ enum podnet_health {
 	PODNET_H_NO_STORAGE = 2,	/* socket storage could not be allocated */
 	PODNET_H_SLOTS_ALLOCATED = 3,	/* slots the kernel took from the free queue */
 	PODNET_H_PEERS_FULL = 4,	/* no free peer row: counted in the slot's overflow row */
-	PODNET_NHEALTH = 5,
+	PODNET_H_GONE_LOST = 5,		/* podnet_cgroups_gone was full: a removal not queued */
+	PODNET_NHEALTH = 6,
 };
 
 /* Settings, written by the agent into .rodata before load. */

@@ -20,7 +20,8 @@ H_CGROUPS_FULL = 1
 H_NO_STORAGE = 2
 H_SLOTS_ALLOCATED = 3
 H_PEERS_FULL = 4  # peers (issue 12): no free peer row, counted in the slot's overflow row
-NHEALTH = 5
+H_GONE_LOST = 5  # podnet_cgroups_gone was full: a cgroup's removal was not queued
+NHEALTH = 6
 
 # Field order of struct podnet_counters, flattened: names used by samples.Counters.
 COUNTER_FIELDS: tuple[str, ...] = (
@@ -122,6 +123,7 @@ MAPS: dict[str, tuple[type[Any] | None, type[Any] | None]] = {
     "podnet_peer_idx": (PodnetPeerKey, PodnetPeerVal),
     "podnet_peer_free": (None, ctypes.c_uint32),
     "podnet_peer_owner": (ctypes.c_uint32, PodnetPeerOwner),
+    "podnet_cgroups_gone": (None, ctypes.c_uint64),
 }
 
 # Global variables the agent writes, by data section: their BTF sizes are checked too.

@@ -53,6 +53,10 @@ class SlotMaps(Protocol):
         ...
 
     def delete_cgroup(self, cgid: int) -> None: ...
+    def gone_cgroups(self) -> set[int] | None:
+        """Ids of the cgroups removed since the last call; None: unknown, check them all."""
+        ...
+
     def set_pod_ip(self, address: str, slot: int) -> None:
         """MapFull when the map is full."""
         ...
@@ -231,6 +235,7 @@ class Attributor:
 
     def _sync_cgroups(self) -> None:
         tracked = 0
+        classified: list[int] = []
         for cgid, slot, kind in list(self._maps.cgroup_entries()):
             tracked += 1
             if kind != abi.CG_UNKNOWN:
@@ -238,19 +243,31 @@ class Attributor:
             info = self._index.lookup(cgid)
             if info is not None and info.pod_uid:
                 self._classify_pod_cgroup(cgid, slot, info)
+                classified.append(cgid)
             else:
                 self._maps.set_cgroup(cgid, abi.SLOT_NODE, abi.CG_HOST)
                 self._retire(slot, NODE)
                 self._remapped = True
-        for cgid, (info, slot) in list(self._pod_cgroups.items()):
-            if not self._index.exists(info):
-                self._maps.delete_cgroup(cgid)
-                self._index.forget(cgid)
-                del self._pod_cgroups[cgid]
-                uid = info.pod_uid or NODE
-                if not self._has_cgroups(uid):  # the pod's last cgroup: its slot goes
-                    self._retire(self._pod_slot.pop(uid, slot), uid)
-                self._remapped = True
+        # Which pod cgroups are gone: the kernel's list of removals (podnet_cgroup_rmdir in
+        # bpf/podnet.bpf.c), read after the inserts above so that a cgroup removed while it
+        # was classified is in it; and the cgroups classified now are checked themselves (a
+        # socket can outlive its cgroup, whose removal was then read rounds ago). Without a
+        # complete list, every pod cgroup is checked.
+        gone = self._maps.gone_cgroups()
+        pod_cgroups = self._pod_cgroups
+        if gone is None:
+            dead = [cgid for cgid, (info, _) in pod_cgroups.items() if not self._index.exists(info)]
+        else:
+            dead = [cgid for cgid in gone if cgid in pod_cgroups]
+            dead += [c for c in classified if c not in gone and not self._index.exists(pod_cgroups[c][0])]
+        for cgid in dead:
+            info, slot = pod_cgroups.pop(cgid)
+            self._maps.delete_cgroup(cgid)
+            self._index.forget(cgid)
+            uid = info.pod_uid or NODE
+            if not self._has_cgroups(uid):  # the pod's last cgroup: its slot goes
+                self._retire(self._pod_slot.pop(uid, slot), uid)
+            self._remapped = True
         self._cgroups_tracked = tracked
 
     def _classify_pod_cgroup(self, cgid: int, slot: int, info: CgroupInfo) -> None:

@@ -140,7 +140,7 @@ def _hooks(cgroup_root: Path | None, obj: Path, capacity: Capacity) -> list[Chec
                 "hooks",
                 True,
                 "attached and detached: cgroup_skb ingress/egress, tp_btf inet_sock_set_state, "
-                "tcp_retransmit_skb, tcp_retransmit_synack, tcp_send_reset, tcp_receive_reset",
+                "tcp_retransmit_skb, tcp_retransmit_synack, tcp_send_reset, tcp_receive_reset, cgroup_rmdir",
             )
         )
     except AbiMismatch as exc:

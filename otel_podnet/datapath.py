@@ -30,6 +30,7 @@ PROGRAMS_TRACING = (
     "podnet_synack",
     "podnet_rst_tx",
     "podnet_rst_rx",
+    "podnet_cgroup_rmdir",
 )
 PROGRAMS_CGROUP = ("podnet_ingress", "podnet_egress")
 
@@ -158,6 +159,8 @@ class Datapath:
         self.peer_idx = obj.map("podnet_peer_idx")
         self.peer_free = obj.map("podnet_peer_free")
         self.peer_owner = obj.map("podnet_peer_owner")
+        self.cgroups_gone = obj.map("podnet_cgroups_gone")
+        self._gone_lost: int | None = None  # PODNET_H_GONE_LOST at the last gone_cgroups()
         self.bss = obj.map(".bss")
         self._gen_offset = obj.section_var_offset(".bss", "podnet_gen")[0]
         self._gen = 0
@@ -285,6 +288,20 @@ class Datapath:
 
     def delete_cgroup(self, cgid: int) -> None:
         self.cgroups.delete(ctypes.c_uint64(cgid))
+
+    def gone_cgroups(self) -> set[int] | None:
+        """The ids of the cgroups removed since the last call, as the kernel queued them
+        (podnet_cgroup_rmdir); None when some may be missing and every cgroup must be
+        checked: at the first call (removals between the agent's walk of the hierarchy and
+        attach were not seen) and when the queue was full since the last call."""
+        out: set[int] = set()
+        v = ctypes.c_uint64()
+        while self.cgroups_gone.pop(v):
+            out.add(int(v.value))
+        lost = self.health()[abi.H_GONE_LOST]
+        complete = self._gone_lost is not None and lost == self._gone_lost
+        self._gone_lost = lost
+        return out if complete else None
 
     def set_pod_ip(self, address: str, slot: int) -> None:
         """Raises MapFull when the map is full."""

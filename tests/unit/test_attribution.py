@@ -8,15 +8,21 @@ from pathlib import Path
 
 from otel_podnet import abi
 from otel_podnet.attribution import Attributor
-from otel_podnet.cgroups import CgroupIndex
+from otel_podnet.cgroups import CgroupIndex, CgroupInfo
 from otel_podnet.inventory import PodInfo
 from otel_podnet.samples import Counters
 
 
 class MemMaps:
-    """The datapath's maps as dictionaries; the test plays the kernel's part."""
+    """The datapath's maps as dictionaries; the test plays the kernel's part. With
+    ``removals``, the kernel's queue of removed cgroups too (podnet_cgroup_rmdir): the test
+    removes directories with :meth:`rmdir`; without, the attributor is told nothing of
+    removals and checks every pod cgroup itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, removals: bool = False) -> None:
+        self.removals = removals
+        self.gone: list[int] = []
+        self.gone_read = False
         self.free: list[int] = []
         self.stats: dict[int, Counters] = {}
         self.cgroups: dict[int, tuple[int, int]] = {}
@@ -51,6 +57,14 @@ class MemMaps:
     def delete_cgroup(self, cgid: int) -> None:
         del self.cgroups[cgid]
 
+    def gone_cgroups(self) -> set[int] | None:
+        if not self.removals:
+            return None
+        out, first = set(self.gone), not self.gone_read
+        self.gone.clear()
+        self.gone_read = True
+        return None if first else out  # as the datapath: the first list is never complete
+
     def set_pod_ip(self, address: str, slot: int) -> None:
         self.ips[address] = slot
 
@@ -64,6 +78,12 @@ class MemMaps:
         return (0,) * abi.NHEALTH
 
     # the kernel's side
+    def rmdir(self, path: Path) -> None:
+        cgid = path.stat().st_ino
+        path.rmdir()
+        if self.removals:
+            self.gone.append(cgid)
+
     def kernel_sees(self, cgid: int) -> int:
         slot = self.free.pop(0)
         self.cgroups[cgid] = (slot, abi.CG_UNKNOWN)
@@ -234,3 +254,95 @@ def test_a_container_that_ends_before_its_cgroup_is_classified_counts_for_its_po
         2100,
         3900,
     )
+
+
+class CountingIndex(CgroupIndex):
+    """A CgroupIndex that counts the existence checks (one stat each)."""
+
+    checks = 0
+
+    def exists(self, info: CgroupInfo) -> bool:
+        self.checks += 1
+        return super().exists(info)
+
+
+def _pod_entries(maps: MemMaps) -> set[int]:
+    return {cgid for cgid, (_, kind) in maps.cgroups.items() if kind == abi.CG_POD}
+
+
+def _pod_with_two_containers(tmp_path: Path, maps: MemMaps, att: Attributor) -> tuple[Path, Path, int]:
+    pod_dir = tmp_path / "kubepods" / f"pod{UID}"
+    c1, c2 = pod_dir / "c1", pod_dir / "c2"
+    c1.mkdir(parents=True)
+    c2.mkdir()
+    slot = maps.kernel_sees(c1.stat().st_ino)
+    maps.count(slot, opened_out=2, closed_out=2, payload_tx=700)
+    att.sync({})
+    maps.kernel_sees(c2.stat().st_ino)  # a second container: its slot merges into the pod's
+    att.sync({})
+    assert maps.cgroups[c2.stat().st_ino] == (slot, abi.CG_POD)
+    return c1, c2, slot
+
+
+def test_removals_come_from_the_kernels_list_with_no_check_per_cgroup(tmp_path: Path) -> None:
+    """podnet_cgroup_rmdir (issue 10): once the kernel's list is complete, a round checks no
+    pod cgroup's directory; a container's removal retires nothing while its pod has another
+    cgroup, and the pod's last one retires its slot into the pod's total."""
+    maps = MemMaps(removals=True)
+    index = CountingIndex(tmp_path)
+    att = Attributor(maps, index, max_slots=8)
+    att.start()
+    c1, c2, slot = _pod_with_two_containers(tmp_path, maps, att)
+    checks = index.checks  # the first round checked every pod cgroup: its list was not complete
+    for _ in range(3):
+        att.sync({})
+    assert index.checks == checks  # nothing removed, nothing checked
+    maps.rmdir(c1)
+    att.sync({})
+    assert _pod_entries(maps) == {c2.stat().st_ino} and index.checks == checks
+    maps.rmdir(c2)
+    maps.rmdir(c2.parent)
+    att.sync({})
+    att.sync({})  # retired: carried into the pod's total, the slot freed
+    assert _pod_entries(maps) == set() and slot in maps.free and index.checks == checks
+    [pod] = [s for s in att.snapshot({}) if s.uid == UID]
+    assert pod.final and (pod.counters.opened_out, pod.counters.payload_tx) == (2, 700)
+
+
+def test_without_the_kernels_list_every_pod_cgroup_is_checked(tmp_path: Path) -> None:
+    """The first round after start, and any round after the kernel's queue was full
+    (gone_cgroups() is None): a removal is found by checking the directories."""
+    maps = MemMaps(removals=False)
+    index = CountingIndex(tmp_path)
+    att = Attributor(maps, index, max_slots=8)
+    att.start()
+    c1, c2, _slot = _pod_with_two_containers(tmp_path, maps, att)
+    before = index.checks
+    maps.rmdir(c1)  # not queued
+    att.sync({})
+    assert _pod_entries(maps) == {c2.stat().st_ino}
+    assert index.checks - before == 2  # both of the pod's cgroups
+
+
+def test_a_cgroup_whose_removal_was_read_before_it_was_classified_is_found_gone(tmp_path: Path) -> None:
+    """A socket outlives its container's cgroup: the removal is read in one round, the
+    socket's next packet makes a kernel entry for the cgroup in a later one. The index still
+    names the cgroup, so the entry is classified as the pod's, and then found gone."""
+    maps = MemMaps(removals=True)
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    att.sync({})  # the kernel's list is complete from now on
+    pod_dir = tmp_path / "kubepods" / f"pod{UID}"
+    ctr = pod_dir / "c1"
+    ctr.mkdir(parents=True)
+    att.sync({UID: PodInfo(UID, "web", "shop", phase="Running")})  # a new pod: its cgroups learnt
+    cgid = ctr.stat().st_ino
+    maps.rmdir(ctr)
+    att.sync({UID: PodInfo(UID, "web", "shop", phase="Running")})  # the removal read; no entry yet
+    slot = maps.kernel_sees(cgid)  # the orphaned socket's FIN
+    maps.count(slot, closed_out=1, payload_tx=52)
+    att.sync({UID: PodInfo(UID, "web", "shop", phase="Running")})
+    assert cgid not in maps.cgroups
+    att.sync({UID: PodInfo(UID, "web", "shop", phase="Running")})  # retired into the pod's total
+    [pod] = [s for s in att.snapshot({}) if s.uid == UID]
+    assert (pod.counters.closed_out, pod.counters.payload_tx) == (1, 52)
