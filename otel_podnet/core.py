@@ -87,10 +87,17 @@ class Core:
         self._kernel_lost = (0, 0, 0)  # the kernel's slots_exhausted, cgroups_full, no_storage
         self._limits_logged_at = -1e18
 
+    def load(self) -> None:
+        """Load the BPF object now, ahead of :meth:`start` (which loads it otherwise):
+        ``otel-podnet run`` does so before its heaviest imports, as libbpf holds a parsed
+        copy of the kernel's BTF (several MiB) while it loads (issue 10)."""
+        self.datapath.open_and_load()
+
     def start(self) -> None:
         """Load, register what exists, then attach (see Attributor.start for why)."""
         self.source.refresh()
-        self.datapath.open_and_load()
+        if not self.datapath.loaded:
+            self.datapath.open_and_load()
         try:
             if self.peer_table is not None:
                 self.peer_table.start()

@@ -10,7 +10,7 @@ from .capacity import Capacity
 from .cgroups import CgroupError, find_cgroup2_mount
 from .core import Core
 from .datapath import AbiMismatch
-from .exporters import Exporter
+from .exporters.factory import Exporters
 from .health import HealthServer, HealthState
 from .inventory import InventoryError, NoPods, PodsFileSource, PodSource
 from .libbpf import LibbpfError
@@ -32,16 +32,10 @@ def make_source(settings: Settings) -> PodSource:
     return NoPods()
 
 
-def make_exporters(settings: Settings) -> list[Exporter]:
-    from .exporters.factory import build_exporters
-
-    return build_exporters(settings)
-
-
 def run(settings: Settings) -> int:
     try:
         cgroup_root = settings.cgroup_root or find_cgroup2_mount()
-        exporters = make_exporters(settings)
+        exporters = Exporters(settings)  # every exporter's configuration; the OTLP one built later
         source = make_source(settings)
         source.refresh()
     except (ConfigError, InventoryError) as exc:
@@ -66,9 +60,23 @@ def run(settings: Settings) -> int:
         except ConfigError as exc:
             print(f"otel-podnet: {exc}", file=sys.stderr)
             return 2
-    agent = Agent(core, exporters, settings.interval, health)
+    agent = Agent(core, [], settings.interval, health)
     agent.install_signal_handlers()
     try:
+        # The BPF object is loaded before the OTLP exporter is built (issue 10): libbpf's
+        # parsed copy of the kernel's BTF, freed once loaded, set the agent's peak on top of
+        # the exporter's imports. Attached only in agent.run, once the maps hold what exists
+        # (Core.start).
+        try:
+            core.load()
+            agent.exporters = exporters.finish()
+        except BaseException as exc:
+            exporters.shutdown()
+            core.close()
+            if isinstance(exc, ConfigError):  # checked before: a certificate gone since
+                print(f"otel-podnet: {exc}", file=sys.stderr)
+                return 2
+            raise
         return agent.run()
     except AbiMismatch as exc:  # not the environment: this object was not built with this agent
         print(f"otel-podnet: {exc.strerror}", file=sys.stderr)

@@ -5,24 +5,60 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from ..resources import env_attributes
 from ..settings import Settings
 from . import Exporter, ExportStats
 from .console import ConsoleExporter
+from .otlp_env import check_env
 
 
-def build_exporters(settings: Settings, env: Mapping[str, str] | None = None) -> list[Exporter]:
-    env = os.environ if env is None else env
-    stats = ExportStats()
-    out: list[Exporter] = []
-    for name in settings.exporters:
-        if name == "console":
-            out.append(ConsoleExporter())
-        elif name == "otlp":
-            from .otlp import OtlpExporter
+class Exporters:
+    """The exporters of ``settings.exporters``, in that order, built in two steps (issue 10).
 
-            out.append(OtlpExporter(settings.node_name, stats, env))
-        elif name == "prometheus":
-            from .prometheus import PrometheusExporter
+    The constructor checks every exporter's configuration (ConfigError) and builds those
+    that import little: console, and Prometheus, whose port is bound here. :meth:`finish`
+    builds the OTLP exporter, whose imports (the OpenTelemetry SDK, protobuf, gRPC: ~17 MiB)
+    ``otel-podnet run`` leaves until the BPF object is loaded, so that libbpf's transient
+    copy of the kernel's BTF does not come on top of them."""
 
-            out.append(PrometheusExporter(settings.node_name, stats, settings.prometheus_address, env))
-    return out
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+        self._env = os.environ if env is None else env
+        self._node = settings.node_name
+        self._stats = ExportStats()
+        self._built: list[Exporter | None] = []  # None: the OTLP exporter, built by finish()
+        try:
+            for name in settings.exporters:
+                if name == "console":
+                    self._built.append(ConsoleExporter())
+                elif name == "otlp":
+                    check_env(self._env)
+                    env_attributes(self._env)
+                    self._built.append(None)
+                elif name == "prometheus":
+                    from .prometheus import PrometheusExporter
+
+                    self._built.append(
+                        PrometheusExporter(settings.node_name, self._stats, settings.prometheus_address, self._env)
+                    )
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def finish(self) -> list[Exporter]:
+        """Every exporter; on a failure the ones already built are shut down."""
+        try:
+            if None in self._built:
+                from .otlp import OtlpExporter
+
+                self._built = [
+                    OtlpExporter(self._node, self._stats, self._env) if e is None else e for e in self._built
+                ]
+        except BaseException:
+            self.shutdown()
+            raise
+        return [e for e in self._built if e is not None]
+
+    def shutdown(self) -> None:
+        for e in self._built:
+            if e is not None:
+                e.shutdown()

@@ -172,3 +172,45 @@ def test_bad_pods_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("otel-podnet: ") and "'ConfigMap' is not a PodList" in last
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("failure", ["config", "unexpected"])
+def test_exporter_failing_after_the_load_leaves_nothing(
+    tmp_path: Path, cgroup_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], failure: str
+) -> None:
+    """The BPF object is loaded before the OTLP exporter is built (issue 10: its imports do
+    not sit under libbpf's copy of the kernel's BTF); an exporter that fails then leaves no
+    program loaded or attached: a ConfigError is one line and exit 2, anything else goes up."""
+    from otel_podnet.cli import main
+    from otel_podnet.exporters import otlp
+    from otel_podnet.settings import ConfigError
+
+    held: list[dict[int, str]] = []  # the programs this process held when the exporter was built
+
+    def failing(*args: object, **kwargs: object) -> None:
+        mine = prog_ids_of(os.getpid())
+        held.append({i: n for i, n in podnet_progs().items() if i in mine})
+        raise ConfigError("the exporter failed") if failure == "config" else RuntimeError("the exporter failed")
+
+    monkeypatch.setattr(otlp, "OtlpExporter", failing)
+    pods = tmp_path / "pods.yaml"
+    pods.write_text("apiVersion: v1\nkind: PodList\nitems: []\n")
+    argv = ["run", "--pods-file", str(pods), "--cgroup-root", str(cgroup_root), "--exporter", "otlp"]
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if failure == "config":
+            assert main([*argv, "--log-level", "warning"]) == 2
+            assert capsys.readouterr().err == "otel-podnet: the exporter failed\n"
+        else:
+            with pytest.raises(RuntimeError, match="the exporter failed"):
+                main([*argv, "--log-level", "warning"])
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    (loaded,) = held
+    assert sorted(loaded.values()) == sorted(PROGRAMS_CGROUP + PROGRAMS_TRACING)
+    assert not loaded.keys() & attached_ids(cgroup_root) and not loaded.keys() & prog_ids_of(os.getpid())
+    deadline = time.monotonic() + 5  # programs are freed as the kernel drops the last reference
+    while loaded.keys() & podnet_progs().keys() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not loaded.keys() & podnet_progs().keys()
