@@ -24,6 +24,7 @@ class Exporters:
     def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
         self._env = os.environ if env is None else env
         self._node = settings.node_name
+        self._interval = settings.interval
         self._stats = ExportStats()
         self._built: list[Exporter | None] = []  # None: the OTLP exporter, built by finish()
         try:
@@ -51,7 +52,8 @@ class Exporters:
                 from .otlp import OtlpExporter
 
                 self._built = [
-                    OtlpExporter(self._node, self._stats, self._env) if e is None else e for e in self._built
+                    OtlpExporter(self._node, self._stats, self._env, interval=self._interval) if e is None else e
+                    for e in self._built
                 ]
         except BaseException:
             self.shutdown()

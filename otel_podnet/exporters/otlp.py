@@ -66,7 +66,7 @@ from ..series import (
 )
 from . import ExportStats
 from .otlp_env import check_env, delta_preferred, protocol
-from .otlp_proto import GAUGE, HISTOGRAM, SUM, Group, GrpcExporter, RequestEncoder, http_exporter
+from .otlp_proto import GAUGE, HISTOGRAM, SUM, ChannelPerExport, Group, GrpcExporter, RequestEncoder, http_exporter
 
 _logger = getLogger(__name__)
 SCOPE = InstrumentationScope("otel_podnet", __version__)
@@ -74,10 +74,16 @@ SCOPE = InstrumentationScope("otel_podnet", __version__)
 SeriesKey = tuple[str | None, str, Attrs]
 
 
-def make_sdk_exporter(env: Mapping[str, str]) -> MetricExporter:
+# At this interval and longer, OTLP/gRPC opens a channel per export (ChannelPerExport).
+CHANNEL_PER_EXPORT_S = 5.0
+
+
+def make_sdk_exporter(env: Mapping[str, str], interval: float = 10.0) -> MetricExporter:
     check_env(env)
     proto = protocol(env)
     if proto == "grpc":
+        if interval >= CHANNEL_PER_EXPORT_S:
+            return ChannelPerExport(GrpcExporter)
         return GrpcExporter()
     exporter: MetricExporter = http_exporter()
     return exporter
@@ -96,9 +102,10 @@ class OtlpExporter:
         env: Mapping[str, str] | None = None,
         sdk_exporter: MetricExporter | None = None,
         max_unsent_finals: int = MAX_UNSENT_FINALS,
+        interval: float = 10.0,
     ) -> None:
         env = os.environ if env is None else env
-        self._sdk = sdk_exporter or make_sdk_exporter(env)
+        self._sdk = sdk_exporter or make_sdk_exporter(env, interval)
         self._delta = delta_preferred(env)
         self._node = node_name
         self._extra = env_attributes(env)

@@ -4,6 +4,7 @@ in the Collector's file and Prometheus outputs and on the agent's own /metrics."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import urllib.request
@@ -464,3 +465,61 @@ def test_500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> N
     assert [ip for ip in left[1] if ip in ips] == []
     # memory after 100 cycles and after 500: no growth per pod (allocator noise aside)
     assert samples[49] - samples[9] < 2048, samples
+
+
+def _grpc_threads(pid: int) -> list[str]:
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            names.append(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
+        except OSError:
+            pass  # ended meanwhile
+    return [n for n in names if n.startswith(("event_engine", "grpc_global_tim", "lifeguard"))]
+
+
+def _connections_to(pid: int, port: int) -> int:
+    """The process's TCP sockets connected to ``port`` (/proc/net/tcp and tcp6 by inode:
+    gRPC connects an IPv6 socket to the v4-mapped address)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    n = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[2].endswith(f":{port:04X}") and f[3] == "01" and f[9] in inodes:  # ESTABLISHED
+                n += 1
+    return n
+
+
+@RUNNING_AS_ROOT
+def test_grpc_at_long_intervals_opens_a_channel_per_export(otelcol: Path, node: SimNode, tmp_path: Path) -> None:
+    """At intervals of 5 s or more, OTLP/gRPC builds its channel for each export and closes
+    it after (otel_podnet.exporters.otlp_proto.ChannelPerExport, issue 10): between exports
+    the agent holds no connection to the Collector and runs none of gRPC's threads, whose
+    timers cost CPU while a channel exists. The figures stay exact over the wire."""
+    web, api = node.add_pod("web-0", "shop"), node.add_pod("api-0", "shop")
+    pods_file = tmp_path / "pods.yaml"
+    node.write_pod_list(pods_file)
+    with gateway(otelcol, tmp_path / "col") as col:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": col.grpc_endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        with agent(pods_file, env, interval=30.0) as a:
+            wait_for(lambda: len(otlp_json.requests(col.file)) == 1, what="the export at start")
+            grpc_port = int(col.grpc_endpoint.rsplit(":", 1)[1])
+            wait_for(lambda: _connections_to(a.proc.pid, grpc_port) == 0, what="the channel closed")
+            assert _grpc_threads(a.proc.pid) == []
+            exchange(node, web, api, 7150, n=4, up=5_000, down=700)
+            rc, err = a.stop()  # the final export carries the totals
+        assert rc == 0, err
+        time.sleep(0.5)
+        reqs = otlp_json.requests(col.file)
+    assert len(reqs) == 2  # at start and at the end: nothing in between at a 30 s interval
+    pods = pod_points(reqs[-1])
+    p_web, p_api = pods[web.uid][1], pods[api.uid][1]
+    assert (p_web[OPENED_OUT], p_web[CLOSED_OUT], p_web[PAYLOAD_TX], p_web[PAYLOAD_RX]) == (4, 4, 20_000, 2_800)
+    assert (p_api[OPENED_IN], p_api[PAYLOAD_RX], p_api[PAYLOAD_TX]) == (4, 20_000, 2_800)

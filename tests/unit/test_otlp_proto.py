@@ -15,6 +15,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from otel_podnet import abi
 from otel_podnet.exporters import ExportStats
 from otel_podnet.exporters.otlp import OtlpExporter, make_sdk_exporter
+from otel_podnet.exporters.otlp_proto import ChannelPerExport, GrpcExporter
 from otel_podnet.inventory import PodInfo
 from otel_podnet.samples import Counters, Health, PodSample, Snapshot
 
@@ -121,3 +122,20 @@ def test_the_sdk_exporters_take_the_request_ready_made(protocol: str) -> None:
         assert getattr(sdk, "accepts_request", False)
     finally:
         sdk.shutdown()
+
+
+def test_grpc_opens_a_channel_per_export_at_intervals_of_5_s_and_more() -> None:
+    """ChannelPerExport (issue 10): at 5 s and more the SDK's gRPC exporter is built for each
+    export and shut down after, so no channel (and none of gRPC's threads) stays between
+    exports; at shorter intervals one exporter is kept. Both take the request ready-made."""
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    per = make_sdk_exporter(env, interval=10.0)
+    kept = make_sdk_exporter(env, interval=1.0)
+    try:
+        assert isinstance(per, ChannelPerExport) and per.accepts_request
+        assert isinstance(kept, GrpcExporter) and kept.accepts_request
+        assert isinstance(make_sdk_exporter(env, interval=5.0), ChannelPerExport)
+    finally:
+        per.shutdown()
+        kept.shutdown()
+    assert per.export(ExportMetricsServiceRequest()) == MetricExportResult.FAILURE  # after shutdown
