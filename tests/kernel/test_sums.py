@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from otel_podnet import abi, features
+from otel_podnet import abi, check, features, libbpf
+from otel_podnet.capacity import Capacity
 from otel_podnet.core import Core
-from otel_podnet.datapath import PROGRAM_SUM, Datapath
+from otel_podnet.datapath import PROGRAM_SUM, Datapath, default_object_path
 from otel_podnet.inventory import PodsFileSource
 from otel_podnet.libbpf import LibbpfError
 from otel_podnet.samples import Counters
@@ -159,3 +160,26 @@ def figures(c: Counters) -> tuple[int, ...]:
     values each histogram took. Not the latency itself: each object's program reads the
     clock on its own run, one after the other."""
     return c.values()[: len(abi.COUNTER_FIELDS)] + tuple(sum(c.histogram(h).buckets) for h in abi.HISTOGRAMS)
+
+
+def test_a_kernel_without_the_helpers_is_a_cost_line_and_nine_programs(
+    cgroup_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `otel-podnet check` says where the helper probe fails (as before 5.19): the
+    object loads without podnet_sum, and the missing helper is a cost, not a degraded
+    metric."""
+
+    real = features.probe
+
+    def probe() -> tuple[features.Degraded, ...]:
+        return real(has_helper=lambda prog_type, helper: helper != libbpf.BPF_FUNC_map_lookup_percpu_elem)
+
+    monkeypatch.setattr(features, "probe", probe)
+    lines = [r.line() for r in check._hooks(cgroup_root, default_object_path(), Capacity.for_pods(110))]
+    assert "ok   verifier     all 9 programs load" in lines
+    assert (
+        "warn cost         per-CPU counters summed in user space (collection cost grows with the CPUs): the kernel "
+        "lets no BPF_PROG_TYPE_SYSCALL program call bpf_map_lookup_percpu_elem (Linux < 5.19; probe: "
+        "libbpf_probe_bpf_helper)"
+    ) in lines
+    assert all(not ln.startswith("FAIL") for ln in lines), lines
