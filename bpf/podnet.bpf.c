@@ -1311,7 +1311,9 @@ int BPF_PROG(podnet_rst_rx, struct sock *sk)
  *   over the CPUs in user space costs in proportion to the CPUs (a slot is 1120 bytes on
  *   every possible CPU: 72 KB to read and add on 64 CPUs). podnet_sum adds them here
  *   instead, into one row per slot, so the agent reads one summed row per slot whatever the
- *   CPU count: one BPF_PROG_TEST_RUN and one batched read per table. It needs
+ *   CPU count: one BPF_PROG_TEST_RUN and one batched read per table (a run per range of
+ *   rows where rows x CPUs is large: the program never yields, see SUM_BUDGET in
+ *   otel_podnet/datapath.py). It needs
  *   BPF_PROG_TYPE_SYSCALL (5.14), bpf_loop (5.17) and bpf_map_lookup_percpu_elem (5.19);
  *   the agent probes for them before load and, without them, leaves the program unloaded
  *   and sums in user space as before (a cost, not a lost metric).
