@@ -183,4 +183,19 @@ struct podnet_peer_owner {
 	__u8 addr[16];
 };
 
+/*
+ * Kernel-side sums (issue 10): podnet_sum, a BPF_PROG_TYPE_SYSCALL program the agent runs
+ * with BPF_PROG_TEST_RUN, writes rows [first, first + count) of a per-CPU table, each summed
+ * over every possible CPU, into the same rows of a plain array (podnet_sums for
+ * podnet_stats, podnet_peer_sums for podnet_peer_stats). This is its context (ctx_in).
+ */
+#define PODNET_SUM_SLOTS	0	/* podnet_stats into podnet_sums */
+#define PODNET_SUM_PEERS	1	/* podnet_peer_stats into podnet_peer_sums */
+
+struct podnet_sum_args {
+	__u32 table;	/* PODNET_SUM_* */
+	__u32 first;	/* the first row summed */
+	__u32 count;	/* rows summed from it */
+};
+
 #endif /* __PODNET_H */

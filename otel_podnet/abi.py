@@ -107,6 +107,15 @@ class PodnetPeerOwner(ctypes.Structure):
     _fields_ = [("slot", ctypes.c_uint32), ("used", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
 
 
+# Kernel-side sums (issue 10): podnet_sum's context, and the tables it sums (podnet.h).
+SUM_SLOTS = 0  # podnet_stats into podnet_sums
+SUM_PEERS = 1  # podnet_peer_stats into podnet_peer_sums
+
+
+class PodnetSumArgs(ctypes.Structure):
+    _fields_ = [("table", ctypes.c_uint32), ("first", ctypes.c_uint32), ("count", ctypes.c_uint32)]
+
+
 # Every map the agent reads or writes, with the ctypes key and value it uses for it: compared
 # with the object's own sizes at open (datapath.check_abi), so that a podnet.h changed without
 # this file refuses to run instead of reading garbage. None: a side the agent never touches
@@ -124,7 +133,12 @@ MAPS: dict[str, tuple[type[Any] | None, type[Any] | None]] = {
     "podnet_peer_free": (None, ctypes.c_uint32),
     "podnet_peer_owner": (ctypes.c_uint32, PodnetPeerOwner),
     "podnet_cgroups_gone": (None, ctypes.c_uint64),
+    "podnet_sums": (ctypes.c_uint32, PodnetCounters),
+    "podnet_peer_sums": (ctypes.c_uint32, PodnetPeerCounters),
 }
+
+# Structs the agent hands a program that no map carries, by name in the object's BTF.
+STRUCTS: dict[str, type[Any]] = {"podnet_sum_args": PodnetSumArgs}
 
 # Global variables the agent writes, by data section: their BTF sizes are checked too.
 VARS: dict[str, dict[str, type[Any]]] = {
@@ -134,5 +148,6 @@ VARS: dict[str, dict[str, type[Any]]] = {
         "podnet_max_slots": ctypes.c_uint32,
         "podnet_rtt_interval_ns": ctypes.c_uint64,
         "podnet_peer_rows": ctypes.c_uint32,
+        "podnet_ncpus": ctypes.c_uint32,
     },
 }

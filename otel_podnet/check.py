@@ -129,9 +129,11 @@ def _hooks(cgroup_root: Path | None, obj: Path, capacity: Capacity) -> list[Chec
     try:
         dp.open_and_load()
         out.append(CheckResult("abi", True, "every map and global matches otel_podnet/abi.py"))
-        out.append(CheckResult("verifier", True, f"all {len(PROGRAMS_TRACING) + len(PROGRAMS_CGROUP)} programs load"))
+        loaded = len(PROGRAMS_TRACING) + len(PROGRAMS_CGROUP) + (1 if dp.kernel_sums else 0)
+        out.append(CheckResult("verifier", True, f"all {loaded} programs load"))
         if dp.degraded:
-            out += [CheckResult("degraded", True, d.line(), warn=True) for d in dp.degraded]
+            # a cost (issue 10: the per-CPU sums done in user space) loses no metric
+            out += [CheckResult("cost" if d.cost else "degraded", True, d.line(), warn=True) for d in dp.degraded]
         else:
             out.append(CheckResult("features", True, "none degraded on this kernel"))
         dp.attach()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import abi, features
 from .capacity import DEFAULT_CAPACITY, Capacity
-from .libbpf import BPF_NOEXIST, BpfObject, LibbpfError, Link, num_possible_cpus
+from .libbpf import BPF_NOEXIST, BpfObject, LibbpfError, Link, num_possible_cpus, prog_run_ctx
 from .samples import ZERO, Counters
 
 _logger = getLogger(__name__)
@@ -33,6 +33,10 @@ PROGRAMS_TRACING = (
     "podnet_cgroup_rmdir",
 )
 PROGRAMS_CGROUP = ("podnet_ingress", "podnet_egress")
+# run by the agent itself, never attached; loaded where the kernel has what it needs (issue 10)
+PROGRAM_SUM = "podnet_sum"
+# (row, CPU) pairs podnet_sum adds per run: ~100 ns each for a slot row, ~6 ms per run
+SUM_BUDGET = 65536
 
 
 def default_object_path() -> Path:
@@ -51,6 +55,9 @@ class DatapathConfig:
     capacity: Capacity = DEFAULT_CAPACITY
     rtt_interval: float = 10.0  # seconds: at most one RTT sample per connection per interval
     peers: bool = True  # peer rows (issue 12); False (--max-peers 0): no peer work in the kernel
+    # issue 10: the kernel sums the per-CPU tables (podnet_sum) where it can; False sums
+    # them in user space everywhere, as on a kernel without (for comparisons)
+    kernel_sums: bool = True
 
 
 class AbiMismatch(LibbpfError):
@@ -81,6 +88,14 @@ def check_abi(obj: BpfObject) -> None:
                 continue
             if size != ctypes.sizeof(ctype):
                 bad.append(f"{section} {var} {size} bytes, abi.py {ctypes.sizeof(ctype)}")
+    for struct_name, ctype in abi.STRUCTS.items():
+        try:
+            size = obj.struct_size(struct_name)
+        except LibbpfError:
+            bad.append(f"struct {struct_name} missing")
+            continue
+        if size != ctypes.sizeof(ctype):
+            bad.append(f"struct {struct_name} {size} bytes, abi.py {ctypes.sizeof(ctype)}")
     if bad:
         raise AbiMismatch(
             errno.EPROTO,
@@ -109,9 +124,12 @@ class Datapath:
         self._per_cpu = (abi.PodnetCounters * self._ncpus)()  # reused by read_slot
         self._words = len(abi.PodnetCounters())
         self._unpack = struct.Struct(f"={self._words * self._ncpus}Q")
-        # every slot on every CPU, filled by one batch lookup per collection (read_slots)
-        self._all_slots = (abi.PodnetCounters * (self._ncpus * self.capacity.slots))()
+        # every slot on every CPU (user-space sums), or every slot's sum (kernel sums): filled
+        # by one batch lookup per collection (read_slots), sized for the one in use
+        self._all_slots: ctypes.Array[ctypes.c_uint8] = (ctypes.c_uint8 * 0)()
         self._unpack_row = struct.Struct(f"<{self._words}Q")  # one row, as read_slots sums it
+        self.kernel_sums = False  # podnet_sum loaded: read_slots and read_peer_rows use it
+        self._sum_fd = -1
         self._last_read: dict[int, tuple[bytes, Counters]] = {}  # slot -> its bytes and sum
         self._last_peer_read: dict[int, tuple[bytes, tuple[int, ...]]] = {}  # the same for peer rows
         self._peer_texts: dict[bytes, str] = {}  # packed remote address -> text
@@ -125,6 +143,9 @@ class Datapath:
         cap = self.capacity
         try:
             check_abi(obj)
+            # before load: a program the kernel cannot run must stay out of it (podnet_sum)
+            self.degraded = features.probe()
+            sums = self.config.kernel_sums and not any(d.feature == features.USERSPACE_SUMS for d in self.degraded)
             cfg = abi.PodnetConfig(
                 ephemeral_lo=self.config.ephemeral_ports[0], ephemeral_hi=self.config.ephemeral_ports[1]
             )
@@ -142,14 +163,23 @@ class Datapath:
             obj.set_max_entries("podnet_peer_owner", cap.slots + peer_rows if peer_rows else 1)
             obj.set_max_entries("podnet_peer_idx", max(peer_rows, 1))
             obj.set_max_entries("podnet_peer_free", max(peer_rows, 1))
+            # kernel-side sums (issue 10): one row per slot and peer row, or none at all
+            obj.set_rodata("podnet_ncpus", ctypes.c_uint32(self._ncpus))
+            obj.set_max_entries("podnet_sums", cap.slots if sums else 1)
+            obj.set_max_entries("podnet_peer_sums", cap.slots + peer_rows if sums and peer_rows else 1)
+            obj.set_autoload(PROGRAM_SUM, sums)
             obj.load()
         except BaseException:
             obj.close()
             raise
         self._obj = obj
-        self.degraded = features.probe()
         for d in self.degraded:
-            _logger.warning("degraded: %s", d.line())
+            if d.cost:
+                _logger.info("cost: %s", d.line())
+            else:
+                _logger.warning("degraded: %s", d.line())
+        self.kernel_sums = sums
+        self._sum_fd = obj.prog_fd(PROGRAM_SUM) if sums else -1
         self.stats = obj.map("podnet_stats")
         self.freeslot = obj.map("podnet_freeslot")
         self.cgroups = obj.map("podnet_cgroups")
@@ -161,6 +191,8 @@ class Datapath:
         self.peer_owner = obj.map("podnet_peer_owner")
         self.cgroups_gone = obj.map("podnet_cgroups_gone")
         self._gone_lost: int | None = None  # PODNET_H_GONE_LOST at the last gone_cgroups()
+        self.sums = obj.map("podnet_sums")
+        self.peer_sums = obj.map("podnet_peer_sums")
         self.bss = obj.map(".bss")
         self._gen_offset = obj.section_var_offset(".bss", "podnet_gen")[0]
         self._gen = 0
@@ -224,26 +256,37 @@ class Datapath:
         return Counters.from_values(map(sum, zip(*rows, strict=True)))
 
     def read_slots(self, slots: Iterable[int]) -> dict[int, Counters]:
-        """Several slots' counters summed over every CPU, from one batched read of the table
+        """Several slots' counters summed over every CPU, from one batched read of a table
         up to the highest slot asked for (a system call per collection, not per slot).
 
-        The sum over CPUs adds whole rows at once (issue 10): each CPU's row, read as one
-        little-endian integer whose 64-bit lanes are the row's words, is added with a single
-        integer addition in C, so a slot costs one addition per CPU instead of one Python
-        step per word and CPU. A lane cannot carry into the next while its word's total
-        over CPUs stays below 2**64, which every counter's total does (it is reported as
-        a 64-bit value). A slot whose bytes did not change since the last read (an idle
-        pod) is not summed again. The table is compared as ``bytes``: a ``memoryview``
+        Where the kernel sums (issue 10: podnet_sum loaded, see :meth:`_kernel_sum`), the
+        table read is podnet_sums, one summed row per slot: the cost does not grow with the
+        CPUs. Elsewhere it is podnet_stats, every CPU's row of every slot, summed here: each
+        CPU's row, read as one little-endian integer whose 64-bit lanes are the row's words,
+        is added with a single integer addition in C, so a slot costs one addition per CPU
+        instead of one Python step per word and CPU. A lane cannot carry into the next while
+        its word's total over CPUs stays below 2**64, which every counter's total does (it
+        is reported as a 64-bit value). Either way a slot whose bytes did not change since
+        the last read (an idle pod) is not unpacked or summed again: the same Counters
+        object is returned for it. The table is compared as ``bytes``: a ``memoryview``
         compares element by element, ten times slower than the ``memcmp`` of bytes."""
         wanted = list(slots)
         if not wanted:
             return {}
         row = ctypes.sizeof(abi.PodnetCounters)
-        span = self._ncpus * row
         count = max(wanted) + 1  # the free-slot queue starts in order: often most of the table is unused
-        self.stats.read_array(self._all_slots, count, span)
+        summed = self.kernel_sums
+        span = row if summed else self._ncpus * row
+        if len(self._all_slots) != self.capacity.slots * span:
+            self._all_slots = (ctypes.c_uint8 * (self.capacity.slots * span))()
+        if summed:
+            self._kernel_sum(abi.SUM_SLOTS, count)
+            self.sums.read_array(self._all_slots, count, span)
+        else:
+            self.stats.read_array(self._all_slots, count, span)
         table = ctypes.string_at(self._all_slots, count * span)
         unpack, from_bytes = self._unpack_row.unpack, int.from_bytes
+        zero_row = bytes(row)
         last, fresh = self._last_read, {}
         out = {}
         for slot in wanted:
@@ -254,14 +297,31 @@ class Datapath:
                 out[slot] = prev[1]
                 fresh[slot] = prev
                 continue
-            total = 0
-            for off in range(0, span, row):
-                total += from_bytes(raw[off : off + row], "little")
-            counters = Counters.from_values(unpack(total.to_bytes(row + 8, "little")[:row])) if total else ZERO
+            if summed:
+                counters = Counters.from_values(unpack(raw)) if raw != zero_row else ZERO
+            else:
+                total = 0
+                for off in range(0, span, row):
+                    total += from_bytes(raw[off : off + row], "little")
+                counters = Counters.from_values(unpack(total.to_bytes(row + 8, "little")[:row])) if total else ZERO
             out[slot] = counters
             fresh[slot] = (raw, counters)
         self._last_read = fresh
         return out
+
+    def _kernel_sum(self, table: int, count: int) -> None:
+        """Run podnet_sum: rows [0, count) of a per-CPU table (``abi.SUM_*``), each summed
+        over every possible CPU into its sums map: one BPF_PROG_TEST_RUN where the rows
+        times the CPUs stay within SUM_BUDGET (at 110 pods: 230 slots on up to 284 CPUs,
+        1,513 peer rows on up to 43), else one run per that many rows. The program does not
+        yield, so no single run holds the CPU for more than a few milliseconds."""
+        step = max(1, SUM_BUDGET // self._ncpus)
+        for first in range(0, count, step):
+            n = min(step, count - first)
+            done = prog_run_ctx(self._sum_fd, abi.PodnetSumArgs(table=table, first=first, count=n))
+            if done != n:
+                what = f"{PROGRAM_SUM} summed {done} of rows {first}-{first + n - 1} (table {table})"
+                raise LibbpfError(errno.EIO, what)
 
     def zero_slot(self, slot: int) -> None:
         self.stats.update(ctypes.c_uint32(slot), (abi.PodnetCounters * self._ncpus)())
@@ -338,19 +398,29 @@ class Datapath:
     def read_peer_rows(self) -> tuple[list[tuple[int, int, str] | None], list[tuple[int, ...]]]:
         """Every peer row: its owner (slot, used, remote address) for the allocatable rows
         (None for the slots' overflow rows; no address for an unused row), and its counters
-        summed over every CPU; two batched reads.
+        summed over every CPU; two batched reads (and one run of podnet_sum before them
+        where the kernel sums).
 
-        As in :meth:`read_slots` (issue 10): a row's CPUs are summed as whole integers, a
-        row of zeros (most of the table) and a row whose bytes did not change since the
-        last read are not summed at all, and an address is turned into text once."""
+        As in :meth:`read_slots` (issue 10): the kernel sums the rows where it can, else a
+        row's CPUs are summed here as whole integers; a row of zeros (most of the table)
+        and a row whose bytes did not change since the last read are not unpacked or summed
+        at all (the same tuple is returned for the latter), and an address is turned into
+        text once."""
         rows, n = self.peer_rows, self._ncpus
         owners = (abi.PodnetPeerOwner * rows)()
         self.peer_owner.read_array(owners, rows, ctypes.sizeof(abi.PodnetPeerOwner))
         words = len(abi.PEER_FIELDS)
         row_size = ctypes.sizeof(abi.PodnetPeerCounters)
-        span = n * row_size
-        stats = (abi.PodnetPeerCounters * (rows * n))()
-        self.peer_stats.read_array(stats, rows, span)
+        summed = self.kernel_sums
+        if summed:
+            self._kernel_sum(abi.SUM_PEERS, rows)
+            span = row_size
+            stats = (abi.PodnetPeerCounters * rows)()
+            self.peer_sums.read_array(stats, rows, span)
+        else:
+            span = n * row_size
+            stats = (abi.PodnetPeerCounters * (rows * n))()
+            self.peer_stats.read_array(stats, rows, span)
         table = ctypes.string_at(stats, rows * span)  # bytes: see read_slots
         unpack, from_bytes = struct.Struct(f"<{words}Q").unpack, int.from_bytes
         zero_raw, zero = bytes(span), (0,) * words
@@ -366,10 +436,13 @@ class Datapath:
                 values.append(prev[1])
                 fresh[base] = prev
                 continue
-            total = 0
-            for off in range(0, span, row_size):
-                total += from_bytes(raw[off : off + row_size], "little")
-            v = unpack(total.to_bytes(row_size + 8, "little")[:row_size])
+            if summed:
+                v = unpack(raw)
+            else:
+                total = 0
+                for off in range(0, span, row_size):
+                    total += from_bytes(raw[off : off + row_size], "little")
+                v = unpack(total.to_bytes(row_size + 8, "little")[:row_size])
             values.append(v)
             fresh[base] = (raw, v)
         self._last_peer_read = fresh

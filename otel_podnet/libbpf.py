@@ -108,6 +108,8 @@ def _declare(lb: ctypes.CDLL) -> ctypes.CDLL:
         "bpf_map_get_next_key": (ci, [ci, vp, vp]),
         "bpf_map_lookup_batch": (ci, [ci, vp, vp, vp, vp, ctypes.POINTER(cu32), vp]),
         "bpf_prog_test_run_opts": (ci, [ci, vp]),
+        "libbpf_probe_bpf_prog_type": (ci, [ci, vp]),
+        "libbpf_probe_bpf_helper": (ci, [ci, ci, vp]),
     }
     for name, (res, args) in protos.items():
         fn = getattr(lb, name)
@@ -151,6 +153,23 @@ def num_possible_cpus() -> int:
     if n <= 0:
         raise LibbpfError(-n, "libbpf_num_possible_cpus failed")
     return n
+
+
+BPF_PROG_TYPE_SYSCALL = 31  # enum bpf_prog_type
+BPF_FUNC_loop = 181  # enum bpf_func_id
+BPF_FUNC_map_lookup_percpu_elem = 195
+
+
+def kernel_has_helper(prog_type: int, helper: int) -> bool:
+    """Whether the running kernel lets programs of ``prog_type`` call ``helper``: libbpf
+    loads a two-instruction program of that type calling it and reads the verifier's
+    answer. A program type the kernel does not know is no (libbpf would guess yes: its
+    helper probe reads only the verifier's complaint about the helper, and a kernel without
+    the type refuses the program before the verifier runs)."""
+    lb = lib()
+    if lb.libbpf_probe_bpf_prog_type(prog_type, None) != 1:
+        return False
+    return bool(lb.libbpf_probe_bpf_helper(prog_type, helper, None) == 1)
 
 
 def kernel_btf_has_type(name: str, kinds: tuple[int, ...]) -> bool:
@@ -207,6 +226,8 @@ class Map:
         """Every element of an array map into ``values`` (``entries`` x ``value_bytes``
         bytes; per-CPU maps: every CPU's row of an element in turn), with batch lookups:
         one system call where the kernel allows, one lookup per element where it has none."""
+        if ctypes.sizeof(values) < entries * value_bytes:
+            raise ValueError(f"{entries} x {value_bytes} bytes of {self.name} do not fit {ctypes.sizeof(values)}")
         keys = (ctypes.c_uint32 * entries)()
         token = ctypes.c_uint32()
         count = ctypes.c_uint32()
@@ -378,6 +399,15 @@ class BpfObject:
                 return int(infos[3 * i + 1]), int(infos[3 * i + 2])
         raise LibbpfError(errno.ENOENT, f"no variable {var} in {section} of {self.path}")
 
+    def struct_size(self, name: str) -> int:
+        """The size of a struct in the object's BTF."""
+        lb = lib()
+        btf = _check_ptr(lb.bpf_object__btf(self._o()), f"BTF of {self.path}")
+        type_id = lb.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT)
+        if type_id < 0:
+            raise LibbpfError(errno.ENOENT, f"no struct {name} in the BTF of {self.path}")
+        return int((ctypes.c_uint32 * 3).from_address(lb.btf__type_by_id(btf, type_id))[2])  # name_off, info, size
+
     def set_rodata(self, var: str, value: Any) -> None:
         """Set a ``const volatile`` global before load."""
         if self.loaded:
@@ -405,6 +435,13 @@ class BpfObject:
 
     def prog_fd(self, name: str) -> int:
         return _check(lib().bpf_program__fd(self._prog(name)), f"fd of program {name}")
+
+    def set_autoload(self, name: str, autoload: bool) -> None:
+        """Whether a program is loaded with the object (before load): one left out is
+        never verified, so the object loads on a kernel that lacks what it needs."""
+        if self.loaded:
+            raise LibbpfError(errno.EBUSY, "autoload can only be set before load")
+        _check(lib().bpf_program__set_autoload(self._prog(name), autoload), f"autoload of {name}")
 
     def attach(self, name: str) -> Link:
         """Attach a program by the kind its section names (tp_btf/... here)."""
@@ -476,3 +513,13 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ifindex: int = 0) 
     opts.repeat = repeat
     _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
     return int(opts.retval)
+
+
+def prog_run_ctx(prog_fd: int, ctx: Any) -> int:
+    """BPF_PROG_TEST_RUN of a program that takes no packet (BPF_PROG_TYPE_SYSCALL), once,
+    with ``ctx`` (a ctypes object) as its context; returns the program's return value."""
+    opts = ProgTestRunOpts(sz=ctypes.sizeof(ProgTestRunOpts))
+    opts.ctx_in = ctypes.cast(ctypes.byref(ctx), ctypes.c_void_p)
+    opts.ctx_size_in = ctypes.sizeof(ctx)
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    return int(ctypes.c_int32(opts.retval).value)

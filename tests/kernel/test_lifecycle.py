@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_podnet.datapath import PROGRAMS_CGROUP, PROGRAMS_TRACING
+from otel_podnet import features
+from otel_podnet.datapath import PROGRAM_SUM, PROGRAMS_CGROUP, PROGRAMS_TRACING
 from otel_podnet.simnode import SimNode
 
 
@@ -123,13 +124,19 @@ def start(tmp_path: Path, node: SimNode, cgroup_root: Path) -> subprocess.Popen[
     return proc
 
 
+def programs() -> list[str]:
+    """The agent's programs: podnet_sum too where the kernel can run it (issue 10)."""
+    sums = features.USERSPACE_SUMS not in {d.feature for d in features.probe()}
+    return sorted(PROGRAMS_CGROUP + PROGRAMS_TRACING + ((PROGRAM_SUM,) if sums else ()))
+
+
 def test_sigterm_final_export_and_detach(tmp_path: Path, node: SimNode, cgroup_root: Path) -> None:
     a = node.add_pod("a")
     ours = Ours()
     proc = start(tmp_path, node, cgroup_root)
     ours.take(proc.pid)
     try:
-        assert sorted(ours.loaded()) == sorted(PROGRAMS_CGROUP + PROGRAMS_TRACING)
+        assert sorted(ours.loaded()) == programs()
         assert sorted(ours.attached(cgroup_root)) == ["podnet_egress", "podnet_ingress"]
         assert get(HEALTH_PORT, "/healthz") == (200, "live")
         assert get(HEALTH_PORT, "/readyz") == (200, "ready")
@@ -150,7 +157,7 @@ def test_sigkill_leaves_nothing(tmp_path: Path, node: SimNode, cgroup_root: Path
     ours = Ours()
     proc = start(tmp_path, node, cgroup_root)
     ours.take(proc.pid)
-    assert len(ours.loaded()) == len(PROGRAMS_CGROUP + PROGRAMS_TRACING) and len(ours.attached(cgroup_root)) == 2
+    assert sorted(ours.loaded()) == programs() and len(ours.attached(cgroup_root)) == 2
     proc.kill()
     proc.communicate(timeout=20)
     deadline = time.monotonic() + 5  # programs are freed as the kernel drops the last reference

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from otel_podnet import abi, features
 from otel_podnet.cgroups import find_cgroup2_mount
-from otel_podnet.datapath import Datapath, DatapathConfig, default_object_path
-from otel_podnet.libbpf import prog_test_run
+from otel_podnet.datapath import PROGRAM_SUM, Datapath, DatapathConfig, default_object_path
+from otel_podnet.libbpf import prog_run_ctx, prog_test_run
 from otel_podnet.samples import Counters
 from otel_podnet.simnode import sh
 
@@ -171,3 +172,32 @@ def test_loopback_not_counted_never_dropped(runner: Runner, prog: str) -> None:
     for frame in (ETH_IP + ipv4(6, tcp(P100)), ETH_IP6 + ipv6(17, udp(b"u" * 512))):
         assert runner.run(prog, frame, ifindex=1) == Counters()
         assert runner.run(prog, frame) != Counters()  # and counted on a network device
+
+
+def test_podnet_sum_sums_the_rows_asked_for_up_to_the_tables_end(runner: Runner) -> None:
+    """podnet_sum (issue 10) through this kernel's verifier wherever the probe finds what
+    it needs, then its contract: every row asked for, each equal to its per-CPU rows
+    summed; a range past the table's end stops there; an unknown table is -1."""
+    dp = runner.dp
+    assert dp.kernel_sums == (features.USERSPACE_SUMS not in {d.feature for d in features.probe()})
+    if not dp.kernel_sums:
+        pytest.skip(f"podnet_sum is not loaded here: {features.USERSPACE_SUMS}")
+    assert runner.run("podnet_egress", ETH_IP + ipv4(6, tcp(P100))) != Counters()
+    fd, slots, peers = dp.prog_fd(PROGRAM_SUM), dp.capacity.slots, dp.peer_rows
+
+    def run(table: int, first: int, count: int) -> int:
+        return prog_run_ctx(fd, abi.PodnetSumArgs(table=table, first=first, count=count))
+
+    assert run(abi.SUM_SLOTS, 0, slots) == slots
+    row = (abi.PodnetCounters)()
+    counted = [s for _, s, _ in dp.cgroup_entries()]
+    assert counted
+    for slot in {0, *counted, slots - 1}:
+        assert dp.sums.lookup(ctypes.c_uint32(slot), row)
+        assert tuple(row) == dp.read_slot(slot).values(), slot
+    assert any(dp.read_slot(s) != Counters() for s in counted)
+    assert run(abi.SUM_SLOTS, slots - 2, 5) == 2
+    assert run(abi.SUM_PEERS, 0, peers) == peers
+    assert run(abi.SUM_PEERS, peers, 1) == 0
+    assert run(abi.SUM_SLOTS, 0, 0) == 0
+    assert run(2, 0, 1) == -1

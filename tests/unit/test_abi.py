@@ -61,6 +61,10 @@ def test_every_map_of_the_object_matches_abi(built: Path) -> None:
         assert obj.map_layout("podnet_pod_ips")[:2] == (16, 8)
         assert obj.map_layout("podnet_health") == (4, 8, abi.NHEALTH)
         assert obj.map_layout("podnet_socks")[:2] == (4, 112)
+        # issue 10: the kernel's sums, one row per slot and per peer row, and their context
+        assert obj.map_layout("podnet_sums")[:2] == (4, 1120) == obj.map_layout("podnet_stats")[:2]
+        assert obj.map_layout("podnet_peer_sums")[:2] == (4, 72) == obj.map_layout("podnet_peer_stats")[:2]
+        assert obj.struct_size("podnet_sum_args") == ctypes.sizeof(abi.PodnetSumArgs) == 12
         for section, variables in abi.VARS.items():
             for var, ctype in variables.items():
                 assert obj.section_var_offset(section, var)[1] == ctypes.sizeof(ctype), var
@@ -86,6 +90,18 @@ def test_a_changed_header_is_refused_in_one_line(tmp_path: Path) -> None:
         f"[Errno 71] {changed} does not match this agent's otel_podnet/abi.py "
         "(podnet_cgroups value 16 bytes, abi.py 8 (PodnetCgroup)): rebuild the object and the package together"
     )
+
+
+def test_a_changed_program_context_is_refused(tmp_path: Path) -> None:
+    """podnet_sum's context is in no map: its struct is compared by its BTF size."""
+    changed = build(tmp_path, ("\t__u32 count;\t/* rows summed from it */\n", "\t__u64 count;\n"))
+    obj = BpfObject(str(changed))
+    try:
+        with pytest.raises(AbiMismatch) as err:
+            check_abi(obj)
+    finally:
+        obj.close()
+    assert "(struct podnet_sum_args 16 bytes, abi.py 12): rebuild" in str(err.value)
 
 
 CHANGED = ("struct podnet_ip_val {\n\t__u32 slot;\n\t__u32 pad;\n", "struct podnet_ip_val {\n\t__u32 slot;\n")
