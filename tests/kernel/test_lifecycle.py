@@ -215,7 +215,7 @@ def test_exporter_failing_after_the_load_leaves_nothing(
         for s, h in handlers.items():
             signal.signal(s, h)
     (loaded,) = held
-    assert sorted(loaded.values()) == sorted(PROGRAMS_CGROUP + PROGRAMS_TRACING)
+    assert sorted(loaded.values()) == programs()
     assert not loaded.keys() & attached_ids(cgroup_root) and not loaded.keys() & prog_ids_of(os.getpid())
     deadline = time.monotonic() + 5  # programs are freed as the kernel drops the last reference
     while loaded.keys() & podnet_progs().keys() and time.monotonic() < deadline:
