@@ -8,6 +8,9 @@ in rotating rounds, so all of them see the same machine:
   built with ``-DPODNET_CUT=1``): the same hooks, the same user space; what the hooks cost;
 - ``storage``: the programs stop once they hold the socket's storage (``-DPODNET_CUT=2``):
   what the per-socket storage costs (its allocation, lookups and freeing);
+- ``nostorage``: no socket storage at all (``-DPODNET_CUT=3``): the least a design without it
+  would do, the pod from the cgroup and the slot's counters per packet and counted state
+  change (podnet.bpf.c, nostorage_skb and nostorage_state);
 - ``agent``: ``otel-podnet run --exporter none`` as its own process (pods file), the
   shipped object;
 - any ``--object NAME=PATH``: the agent with another build (a branch, an ablation).
@@ -52,7 +55,7 @@ from otel_podnet.simnode import SimNode, SimPod
 
 HERE = Path(__file__).resolve().parent
 # ablations: the agent's own object built with -DPODNET_CUT=n (see podnet.bpf.c)
-CUTS = {"floor": 1, "storage": 2}
+CUTS = {"floor": 1, "storage": 2, "nostorage": 3}
 # hook -> the agent's programs on it; the first one's runs are the hook's events
 HOOKS = {
     "ingress": ("podnet_ingress",),
@@ -249,6 +252,12 @@ def main() -> None:
         metavar="NAME=PATH",
         help="one more mode: the agent with another build of podnet.bpf.o (a branch, an ablation)",
     )
+    p.add_argument(
+        "--modes",
+        default="",
+        metavar="M,M,...",
+        help="only these modes (none always runs: the ratios are to it); default: every one",
+    )
     a = p.parse_args()
     for tool in ("wrk", "nginx", "iperf3", "bpftool"):
         if not shutil.which(tool):
@@ -260,6 +269,12 @@ def main() -> None:
             raise SystemExit(f"bench: --object {spec!r}: expected NAME=PATH of a built podnet.bpf.o, a new name")
         extra[name] = Path(path)
     modes = ("none", *CUTS, "agent", *extra)
+    if a.modes:
+        wanted = set(a.modes.split(","))
+        unknown = sorted(wanted - set(modes))
+        if unknown:
+            raise SystemExit(f"bench: --modes: unknown {', '.join(unknown)}; known {', '.join(modes)}")
+        modes = tuple(m for m in modes if m == "none" or m in wanted)
     root = find_cgroup2_mount()
     with SimNode(root) as node, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -272,7 +287,8 @@ def main() -> None:
         node.write_pod_list(pods)
         objects: dict[str, Path | None] = {"agent": None, **extra}
         for mode, cut in CUTS.items():
-            objects[mode] = cut_object(tmp, cut)
+            if mode in modes:
+                objects[mode] = cut_object(tmp, cut)
         port = 8080
         nginx = start_nginx(node, server, port, tmp)
 
@@ -358,9 +374,9 @@ def main() -> None:
         for hook in HOOKS:
             floor = statistics.median(per_event[load].get("floor", {}).get(hook, [0.0]))
             line = f"  {hook:<8} floor {floor:6.1f}"
-            for mode in measured[1:]:
+            for mode in measured:
                 xs = per_event[load].get(mode, {}).get(hook)
-                if not xs:
+                if mode == "floor" or not xs:
                     continue
                 net = statistics.median(xs) - floor
                 line += f"   {mode} {statistics.median(xs):6.1f} net {net:6.1f}"
@@ -380,9 +396,9 @@ def print_table(
     title: str, modes: tuple[str, ...], columns: tuple[tuple[str, dict[str, list[float]], str], ...]
 ) -> None:
     print(f"\n{title}")
-    print("  " + f"{'mode':<8}" + "".join(f" {head:>18} {'ratio':>6}  {'range':<16}" for head, _, _ in columns))
+    print("  " + f"{'mode':<9}" + "".join(f" {head:>18} {'ratio':>6}  {'range':<16}" for head, _, _ in columns))
     for m in modes:
-        line = f"  {m:<8}"
+        line = f"  {m:<9}"
         for _, xs, fmt in columns:
             line += f" {format(statistics.median(xs[m]), fmt):>18} {paired(xs, m):>6.3f}  {spread(xs[m]):<16}"
         print(line)

@@ -104,13 +104,17 @@ static __always_inline bool rcv_nxt_valid(__u32 state)
  * Ablations for bench/run.py, which builds copies of this object with -DPODNET_CUT=n to
  * show where the cost goes: 1, every program returns at once (the hooks alone: the
  * floor); 2, the programs stop once they hold the socket's storage (the rare events'
- * programs return at once). The shipped object has 0: the compiler removes every cut.
+ * programs return at once); 3, no socket storage at all: the least a design without it
+ * would do per packet and state change (nostorage_skb, nostorage_state; the rare events'
+ * programs return at once). The shipped object has 0: the compiler removes every cut, and
+ * what only cut 3 uses is not compiled in.
  */
 #ifndef PODNET_CUT
 #define PODNET_CUT 0
 #endif
 #define CUT_HOOKS	1
 #define CUT_STORAGE	2
+#define CUT_NOSTORAGE	3
 
 const volatile struct podnet_config podnet_cfg = {
 	.ephemeral_lo = 32768,
@@ -713,6 +717,39 @@ static __always_inline void peer_failed(const struct sock *sk, struct podnet_soc
 		__sync_fetch_and_add(&p->failed[reason], 1);
 }
 
+#if PODNET_CUT == CUT_NOSTORAGE
+/*
+ * Cut 3 (bench/run.py's nostorage): per packet, what a design without socket storage
+ * could not avoid: the pod from the packet's socket cgroup, one lookup of its slot (a
+ * cgroup never seen takes a free slot, and one that is not a pod's falls back to the
+ * local address, as resolve() does), the wire counts. Left out: payload bytes, latency,
+ * peers, adoption, the control socket's replies (they go by the address fallback).
+ */
+static __always_inline int nostorage_skb(struct __sk_buff *skb, const struct pkt_info *pi, const int io)
+{
+	struct podnet_counters *c;
+	__u32 kind, slot;
+
+	slot = cgroup_slot(bpf_skb_cgroup_id(skb), &kind);
+	if (kind != PODNET_CG_POD) {
+		struct podnet_ip_key local;
+		struct podnet_ip_val *ip;
+
+		if (skb_local_ip(skb, io, &local)) {
+			ip = bpf_map_lookup_elem(&podnet_pod_ips, &local);
+			if (ip)
+				slot = ip->slot;
+		}
+	}
+	if (slot >= podnet_max_slots)
+		slot = PODNET_SLOT_NODE;
+	c = slot_counters(slot);
+	if (c)
+		count_wire(c, skb, pi, io);
+	return SK_PASS;
+}
+#endif
+
 static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 {
 	struct bpf_sock *sk = skb->sk;
@@ -727,6 +764,9 @@ static __always_inline int count_skb(struct __sk_buff *skb, const int io)
 		return SK_PASS;
 	if (!parse(skb, &pi))
 		return SK_PASS;
+#if PODNET_CUT == CUT_NOSTORAGE
+	return nostorage_skb(skb, &pi, io);
+#endif
 	state = sk->state;	/* read before the flags: see the adoption below */
 
 	st = bpf_sk_storage_get(&podnet_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -1074,6 +1114,96 @@ static __always_inline void retrans_catch_up(const struct sock *sk, struct podne
  * has other states than the next change counted, as the new state of one change is the
  * old state of the next, and a new connect (CLOSE -> SYN_SENT) clears it anyway.
  */
+#if PODNET_CUT == CUT_NOSTORAGE
+/*
+ * Cut 3 (bench/run.py's nostorage): per state change, what a design without socket
+ * storage could not avoid. Only the changes that count go on: to ESTABLISHED from
+ * SYN_SENT or SYN_RECV (opened), out of ESTABLISHED (closed), SYN_SENT to CLOSE (failed);
+ * then TCP and not over lo, the socket's cgroup (direct reads), its slot, one atomic add.
+ * Left out: adoption (a connection older than the agent closes without having opened),
+ * the slot that opened a connection (it closes in the slot it has then), latency, the
+ * last received bytes, retransmits, peers. The direction of a close is from the ports, as
+ * for adoption (the storage kept it from the open).
+ * Exactly once with two programs and no note in the socket: podnet_state is skipped only
+ * while it runs on this CPU (see state_change), so it marks a per-CPU flag for as long as
+ * it runs, and podnet_state2 counts only when it finds the flag set. (A change that comes
+ * in the few instructions before the first store or after the last is lost.)
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} podnet_state_busy SEC(".maps");
+
+/* The ports of a socket, for the kernel's struct sock_common (members of an anonymous union). */
+struct sock_common___ports {
+	__be16 skc_dport;
+	__u16 skc_num;
+} __attribute__((preserve_access_index));
+
+static __always_inline void nostorage_count(const struct sock *sk, const int oldstate, const int newstate)
+{
+	const struct sock_common___ports *ports = (const void *)&sk->__sk_common;
+	struct podnet_ip_key local;
+	struct podnet_ip_val *ip;
+	struct podnet_counters *c;
+	__u32 kind, slot;
+
+	if (newstate == TCP_ESTABLISHED) {
+		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
+			return;
+	} else if (oldstate != TCP_ESTABLISHED && !(oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE)) {
+		return;
+	}
+	if (podnet_sk_protocol(sk) != IPPROTO_TCP || sk_on_loopback(sk))
+		return;
+	slot = cgroup_slot(podnet_sk_cgroup_id(sk), &kind);
+	if (kind != PODNET_CG_POD) {
+		sk_local_ip(sk, &local);
+		ip = bpf_map_lookup_elem(&podnet_pod_ips, &local);
+		if (ip)
+			slot = ip->slot;
+	}
+	if (slot >= podnet_max_slots)
+		slot = PODNET_SLOT_NODE;
+	c = slot_counters(slot);
+	if (!c)
+		return;
+	if (newstate == TCP_ESTABLISHED) {
+		__sync_fetch_and_add(&c->opened[oldstate == TCP_SYN_RECV ? PODNET_INBOUND : PODNET_OUTBOUND], 1);
+	} else if (oldstate == TCP_ESTABLISHED) {
+		bool in = guess_inbound(ports->skc_num, bpf_ntohs(ports->skc_dport));
+
+		__sync_fetch_and_add(&c->closed[in ? PODNET_INBOUND : PODNET_OUTBOUND], 1);
+	} else {
+		__u32 reason = fail_reason(sk->sk_err);
+
+		if (reason < PODNET_NFAILS)
+			__sync_fetch_and_add(&c->failed[reason], 1);
+	}
+}
+
+static __always_inline int nostorage_state(const struct sock *sk, const int oldstate, const int newstate,
+					   const bool second)
+{
+	__u32 zero = 0;
+	volatile __u32 *busy = bpf_map_lookup_elem(&podnet_state_busy, &zero);
+
+	if (!busy)
+		return 0;
+	if (second) {
+		if (*busy)	/* podnet_state runs below us on this CPU: it was skipped */
+			nostorage_count(sk, oldstate, newstate);
+		return 0;
+	}
+	*busy = 1;
+	nostorage_count(sk, oldstate, newstate);
+	*busy = 0;
+	return 0;
+}
+#endif
+
 static __always_inline int state_change(const struct sock *sk, const int oldstate, const int newstate,
 					const bool second)
 {
@@ -1084,6 +1214,9 @@ static __always_inline int state_change(const struct sock *sk, const int oldstat
 
 	if (PODNET_CUT == CUT_HOOKS)
 		return 0;
+#if PODNET_CUT == CUT_NOSTORAGE
+	return nostorage_state(sk, oldstate, newstate, second);
+#endif
 	if (newstate == TCP_SYN_SENT) {	/* a new attempt: no note of the last one stays */
 		st = bpf_sk_storage_get(&podnet_socks, (void *)sk, 0, 0);
 		if (st)
