@@ -223,6 +223,8 @@ def iperf(node: SimNode, client: SimPod, server: SimPod, port: int, seconds: int
     out = node.spawn(client, ["iperf3", "-c", server.ip4, "-p", str(port), "-t", str(seconds), "-J"])
     res = json.loads(out.communicate(timeout=seconds + 60)[0])
     srv.communicate(timeout=10)
+    if "error" in res:  # iperf3 -J reports its failures in the JSON, with no figures
+        raise SystemExit(f"iperf3 {client.ip4} -> {server.ip4}:{port}: {res['error']}")
     return float(res["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
