@@ -17,6 +17,7 @@ from pathlib import Path
 from . import abi, features
 from .capacity import DEFAULT_CAPACITY, Capacity
 from .libbpf import BPF_NOEXIST, BpfObject, LibbpfError, Link, num_possible_cpus, prog_run_ctx
+from .rows import RowCache
 from .samples import ZERO, Counters
 
 _logger = getLogger(__name__)
@@ -130,8 +131,10 @@ class Datapath:
         self._unpack_row = struct.Struct(f"<{self._words}Q")  # one row, as read_slots sums it
         self.kernel_sums = False  # podnet_sum loaded: read_slots and read_peer_rows use it
         self._sum_fd = -1
-        self._last_read: dict[int, tuple[bytes, Counters]] = {}  # slot -> its bytes and sum
-        self._last_peer_read: dict[int, tuple[bytes, tuple[int, ...]]] = {}  # the same for peer rows
+        # the tables as decoded at the last read (read_slots, read_peer_rows)
+        self._last_read: RowCache[Counters] = RowCache()
+        self._last_peer_read: RowCache[tuple[int, ...]] = RowCache()
+        self._last_peer_owners: RowCache[tuple[int, int, str]] = RowCache()
         self._peer_texts: dict[bytes, str] = {}  # packed remote address -> text
         self._links: list[Link] = []
         self.degraded: tuple[features.Degraded, ...] = ()
@@ -268,8 +271,7 @@ class Datapath:
         its word's total over CPUs stays below 2**64, which every counter's total does (it
         is reported as a 64-bit value). Either way a slot whose bytes did not change since
         the last read (an idle pod) is not unpacked or summed again: the same Counters
-        object is returned for it. The table is compared as ``bytes``: a ``memoryview``
-        compares element by element, ten times slower than the ``memcmp`` of bytes."""
+        object is returned for it (otel_podnet.rows)."""
         wanted = list(slots)
         if not wanted:
             return {}
@@ -284,30 +286,19 @@ class Datapath:
             self.sums.read_array(self._all_slots, count, span)
         else:
             self.stats.read_array(self._all_slots, count, span)
-        table = ctypes.string_at(self._all_slots, count * span)
         unpack, from_bytes = self._unpack_row.unpack, int.from_bytes
         zero_row = bytes(row)
-        last, fresh = self._last_read, {}
-        out = {}
-        for slot in wanted:
-            base = slot * span
-            raw = table[base : base + span]
-            prev = last.get(slot)
-            if prev is not None and prev[0] == raw:
-                out[slot] = prev[1]
-                fresh[slot] = prev
-                continue
+
+        def decode(raw: bytes) -> Counters:
             if summed:
-                counters = Counters.from_values(unpack(raw)) if raw != zero_row else ZERO
-            else:
-                total = 0
-                for off in range(0, span, row):
-                    total += from_bytes(raw[off : off + row], "little")
-                counters = Counters.from_values(unpack(total.to_bytes(row + 8, "little")[:row])) if total else ZERO
-            out[slot] = counters
-            fresh[slot] = (raw, counters)
-        self._last_read = fresh
-        return out
+                return Counters.from_values(unpack(raw)) if raw != zero_row else ZERO
+            total = 0
+            for off in range(0, span, row):
+                total += from_bytes(raw[off : off + row], "little")
+            return Counters.from_values(unpack(total.to_bytes(row + 8, "little")[:row])) if total else ZERO
+
+        rows = self._last_read.decode(ctypes.string_at(self._all_slots, count * span), span, decode)
+        return {slot: rows[slot] for slot in wanted}
 
     def _kernel_sum(self, table: int, count: int) -> None:
         """Run podnet_sum: rows [0, count) of a per-CPU table (``abi.SUM_*``), each summed
@@ -421,45 +412,37 @@ class Datapath:
             span = n * row_size
             stats = (abi.PodnetPeerCounters * (rows * n))()
             self.peer_stats.read_array(stats, rows, span)
-        table = ctypes.string_at(stats, rows * span)  # bytes: see read_slots
         unpack, from_bytes = struct.Struct(f"<{words}Q").unpack, int.from_bytes
         zero_raw, zero = bytes(span), (0,) * words
-        last, fresh = self._last_peer_read, {}
-        values: list[tuple[int, ...]] = []
-        for base in range(0, rows * span, span):
-            raw = table[base : base + span]
+
+        def decode(raw: bytes) -> tuple[int, ...]:
             if raw == zero_raw:
-                values.append(zero)
-                continue
-            prev = last.get(base)
-            if prev is not None and prev[0] == raw:
-                values.append(prev[1])
-                fresh[base] = prev
-                continue
+                return zero
             if summed:
-                v = unpack(raw)
-            else:
-                total = 0
-                for off in range(0, span, row_size):
-                    total += from_bytes(raw[off : off + row_size], "little")
-                v = unpack(total.to_bytes(row_size + 8, "little")[:row_size])
-            values.append(v)
-            fresh[base] = (raw, v)
-        self._last_peer_read = fresh
-        out: list[tuple[int, int, str] | None] = [None] * self.capacity.slots
+                return unpack(raw)
+            total = 0
+            for off in range(0, span, row_size):
+                total += from_bytes(raw[off : off + row_size], "little")
+            return unpack(total.to_bytes(row_size + 8, "little")[:row_size])
+
+        values = self._last_peer_read.decode(ctypes.string_at(stats, rows * span), span, decode)
         texts = self._peer_texts
-        # the owners unpacked in C (slot, used, address), not field by field through ctypes
-        size = ctypes.sizeof(abi.PodnetPeerOwner)
-        for slot, used, packed in _PEER_OWNER.iter_unpack(memoryview(owners).cast("B")[self.capacity.slots * size :]):
+
+        def owner(raw: bytes) -> tuple[int, int, str]:
+            slot, used, packed = _PEER_OWNER.unpack(raw)
             if not used:
-                out.append((slot, 0, ""))
-                continue
+                return (slot, 0, "")
             text = texts.get(packed)
             if text is None:
                 if len(texts) >= 4 * rows:  # bounded: remote addresses come and go
                     texts.clear()
                 text = texts[packed] = ip_text(packed)
-            out.append((slot, used, text))
+            return (slot, used, text)
+
+        size, slots = ctypes.sizeof(abi.PodnetPeerOwner), self.capacity.slots
+        table = ctypes.string_at(ctypes.addressof(owners) + slots * size, (rows - slots) * size)
+        out: list[tuple[int, int, str] | None] = [None] * slots
+        out += self._last_peer_owners.decode(table, size, owner)
         return out, values
 
     def free_peer_row(self, row: int, slot: int, address: str) -> None:
