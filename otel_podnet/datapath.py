@@ -321,8 +321,9 @@ class Datapath:
 
     def cgroup_entries(self) -> Iterator[tuple[int, int, int]]:
         """(cgroup id, slot, kind) of every cgroup the kernel or we registered."""
-        for key, val in self.cgroups.items(ctypes.c_uint64, abi.PodnetCgroup):
-            yield int(key), int(val.slot), int(val.kind)
+        keys, values = self.cgroups.dump()
+        for (cgid,), (slot, kind) in zip(_U64.iter_unpack(keys), _CGROUP.iter_unpack(values), strict=True):
+            yield cgid, slot, kind
 
     def set_cgroup(self, cgid: int, slot: int, kind: int, only_new: bool = False) -> bool:
         """Insert or update a cgroup's entry; False when ``only_new`` and the kernel saw it
@@ -464,6 +465,9 @@ class Datapath:
 
 _PEER_OWNER = struct.Struct("<II16s")  # abi.PodnetPeerOwner
 assert _PEER_OWNER.size == ctypes.sizeof(abi.PodnetPeerOwner)
+_U64 = struct.Struct("=Q")  # a podnet_cgroups key
+_CGROUP = struct.Struct("=II")  # abi.PodnetCgroup
+assert _CGROUP.size == ctypes.sizeof(abi.PodnetCgroup)
 
 
 def ip_text(packed: bytes) -> str:

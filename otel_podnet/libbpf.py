@@ -280,11 +280,25 @@ class Map:
         return True
 
     def items(self, key_type: type[Any], value_type: type[Any], batch: int = 512) -> Iterator[tuple[Any, Any]]:
-        """Every (key, value) pair, by batch lookups where the kernel has them."""
-        keys = (key_type * batch)()
-        values = (value_type * batch)()
-        token = ctypes.create_string_buffer(max(8, self.key_size))
+        """Every (key, value) pair as ctypes objects (plain integers for simple types), from
+        :meth:`dump`."""
+        keys, values = self.dump(batch)
+        ks, vs = self.key_size, self.value_size
+        for i in range(len(keys) // ks):
+            yield _element(key_type, keys, i * ks), _element(value_type, values, i * vs)
+
+    def dump(self, batch: int = 512) -> tuple[bytes, bytes]:
+        """Every key and every value, each side concatenated (``key_size`` and ``value_size``
+        bytes apiece, in the same order): by batch lookups where the kernel has them, one
+        lookup per key where it has none. The caller unpacks them in C (``iter_unpack``),
+        not field by field through ctypes (issue 10)."""
+        ks, vs = self.key_size, self.value_size
+        keys = ctypes.create_string_buffer(batch * ks)
+        values = ctypes.create_string_buffer(batch * vs)
+        token = ctypes.create_string_buffer(max(8, ks))
         count = ctypes.c_uint32()
+        got_keys: list[bytes] = []
+        got_values: list[bytes] = []
         first = True
         while True:
             count.value = batch
@@ -294,25 +308,33 @@ class Map:
             err = ctypes.get_errno() if rc < 0 else 0
             if rc < 0 and err not in (errno.ENOENT,):
                 if err in (errno.EINVAL, ENOTSUPP) and first:
-                    yield from self._items_slow(key_type, value_type)
-                    return
+                    return self._dump_slow()
                 raise LibbpfError(err, f"batch lookup in {self.name}: {os.strerror(err)}")
-            for i in range(count.value):
-                yield keys[i], values[i]
+            got_keys.append(ctypes.string_at(keys, count.value * ks))
+            got_values.append(ctypes.string_at(values, count.value * vs))
             if rc < 0:  # ENOENT: that was the last batch
-                return
+                return b"".join(got_keys), b"".join(got_values)
             first = False
 
-    def _items_slow(self, key_type: type[Any], value_type: type[Any]) -> Iterator[tuple[Any, Any]]:
-        key = key_type()
-        nxt = key_type()
-        rc = lib().bpf_map_get_next_key(self.fd, None, ctypes.byref(nxt))
+    def _dump_slow(self) -> tuple[bytes, bytes]:
+        key = ctypes.create_string_buffer(self.key_size)
+        nxt = ctypes.create_string_buffer(self.key_size)
+        value = ctypes.create_string_buffer(self.value_size)
+        got_keys: list[bytes] = []
+        got_values: list[bytes] = []
+        rc = lib().bpf_map_get_next_key(self.fd, None, nxt)
         while rc == 0:
-            value = value_type()
             if self.lookup(nxt, value):
-                yield nxt, value
-            ctypes.memmove(ctypes.byref(key), ctypes.byref(nxt), ctypes.sizeof(key))
-            rc = lib().bpf_map_get_next_key(self.fd, ctypes.byref(key), ctypes.byref(nxt))
+                got_keys.append(nxt.raw)
+                got_values.append(value.raw)
+            ctypes.memmove(key, nxt, self.key_size)
+            rc = lib().bpf_map_get_next_key(self.fd, key, nxt)
+        return b"".join(got_keys), b"".join(got_values)
+
+
+def _element(ctype: type[Any], buf: bytes, offset: int) -> Any:
+    v = ctype.from_buffer_copy(buf, offset)
+    return v.value if isinstance(v, ctypes._SimpleCData) else v
 
 
 def _ref(key: Any) -> Any:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from otel_podnet.abi import CG_HOST, SLOT_NODE
+from otel_podnet.abi import CG_HOST, CG_POD, SLOT_NODE
 from otel_podnet.samples import Counters
 from otel_podnet.simnode import SimNode, SimPod
 
@@ -185,3 +186,35 @@ def test_the_kernel_queues_removed_cgroups_of_the_default_hierarchy_only(
     if v1_id is None:
         pytest.skip("no cgroup v1 hierarchy mounted here: the v2-only half was checked")
     assert v1_id not in gone
+
+
+def test_cgroup_entries_in_batches_and_key_by_key(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    """podnet_cgroups read whole (Map.dump): in one batch, in several, and key by key as on
+    a kernel without batch lookups, the pods' cgroups have the entries the agent gave them
+    (other cgroups of this machine come and go meanwhile: only the pods' are compared)."""
+    pods = [node.add_pod(f"p{i}", driver="systemd" if i % 2 else "cgroupfs") for i in range(3)]
+    agent = start_agent()
+    uids = {p.uid for p in pods}  # the entries the agent wrote, from its own records
+    mine = {
+        cgid: (slot, CG_POD)
+        for cgid, (info, slot) in agent.core.attributor._pod_cgroups.items()
+        if info.pod_uid in uids
+    }
+    assert len(mine) == 6 and SLOT_NODE not in {slot for slot, _ in mine.values()}
+    m = agent.core.datapath.cgroups
+
+    def entries(keys: bytes, values: bytes) -> dict[int, tuple[int, int]]:
+        ks, vs = m.key_size, m.value_size
+        out = {}
+        for i in range(len(keys) // ks):
+            v = values[i * vs : (i + 1) * vs]
+            out[int.from_bytes(keys[i * ks : (i + 1) * ks], sys.byteorder)] = (
+                int.from_bytes(v[:4], sys.byteorder),
+                int.from_bytes(v[4:], sys.byteorder),
+            )
+        return out
+
+    for keys, values in (m.dump(), m.dump(batch=2), m._dump_slow()):
+        got = entries(keys, values)
+        assert len(keys) // m.key_size == len(values) // m.value_size == len(got) > len(mine)
+        assert {cgid: got[cgid] for cgid in mine} == mine
