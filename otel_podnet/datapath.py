@@ -398,9 +398,10 @@ class Datapath:
         and a row whose bytes did not change since the last read are not unpacked or summed
         at all (the same tuple is returned for the latter), and an address is turned into
         text once."""
-        rows, n = self.peer_rows, self._ncpus
-        owners = (abi.PodnetPeerOwner * rows)()
-        self.peer_owner.read_array(owners, rows, ctypes.sizeof(abi.PodnetPeerOwner))
+        rows, n, slots = self.peer_rows, self._ncpus, self.capacity.slots
+        size = ctypes.sizeof(abi.PodnetPeerOwner)
+        owners = (abi.PodnetPeerOwner * (rows - slots))()  # the allocatable rows': the slots' have none
+        self.peer_owner.read_array(owners, rows - slots, size, first=slots)
         words = len(abi.PEER_FIELDS)
         row_size = ctypes.sizeof(abi.PodnetPeerCounters)
         summed = self.kernel_sums
@@ -440,10 +441,8 @@ class Datapath:
                 text = texts[packed] = ip_text(packed)
             return (slot, used, text)
 
-        size, slots = ctypes.sizeof(abi.PodnetPeerOwner), self.capacity.slots
-        table = ctypes.string_at(ctypes.addressof(owners) + slots * size, (rows - slots) * size)
         out: list[tuple[int, int, str] | None] = [None] * slots
-        out += self._last_peer_owners.decode(table, size, owner)
+        out += self._last_peer_owners.decode(ctypes.string_at(owners, (rows - slots) * size), size, owner)
         return out, values
 
     def free_peer_row(self, row: int, slot: int, address: str) -> None:

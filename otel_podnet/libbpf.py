@@ -222,21 +222,23 @@ class Map:
             raise MapFull(errno.E2BIG, f"update of {self.name}: the map is full")
         _check(rc, f"update of {self.name}")
 
-    def read_array(self, values: Any, entries: int, value_bytes: int) -> None:
-        """Every element of an array map into ``values`` (``entries`` x ``value_bytes``
-        bytes; per-CPU maps: every CPU's row of an element in turn), with batch lookups:
-        one system call where the kernel allows, one lookup per element where it has none."""
+    def read_array(self, values: Any, entries: int, value_bytes: int, first: int = 0) -> None:
+        """Elements ``first`` to ``first + entries - 1`` of an array map into ``values``
+        (``entries`` x ``value_bytes`` bytes; per-CPU maps: every CPU's row of an element
+        in turn), with batch lookups: one system call where the kernel allows, one lookup
+        per element where it has none."""
         if ctypes.sizeof(values) < entries * value_bytes:
             raise ValueError(f"{entries} x {value_bytes} bytes of {self.name} do not fit {ctypes.sizeof(values)}")
         keys = (ctypes.c_uint32 * entries)()
-        token = ctypes.c_uint32()
+        # a batch starts after the key in its first argument (none: at the first key)
+        token = ctypes.c_uint32(first - 1)
         count = ctypes.c_uint32()
         done = 0
         while done < entries:
             count.value = entries - done
             rc = lib().bpf_map_lookup_batch(
                 self.fd,
-                None if done == 0 else ctypes.byref(token),
+                None if done == 0 and first == 0 else ctypes.byref(token),
                 ctypes.byref(token),
                 ctypes.byref(keys, done * 4),
                 ctypes.byref(values, done * value_bytes),
@@ -252,7 +254,7 @@ class Map:
             if rc < 0 or count.value == 0:  # ENOENT: that was the last batch
                 return
         for i in range(done, entries):  # no batch lookups (before Linux 5.6)
-            key = ctypes.c_uint32(i)
+            key = ctypes.c_uint32(first + i)
             ptr = ctypes.cast(ctypes.byref(values, i * value_bytes), ctypes.c_void_p)
             _check(lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ptr), f"lookup in {self.name}")
 

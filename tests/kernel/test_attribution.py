@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from otel_podnet import abi, libbpf
 from otel_podnet.abi import CG_HOST, CG_POD, SLOT_NODE
 from otel_podnet.samples import Counters
 from otel_podnet.simnode import SimNode, SimPod
@@ -218,3 +221,34 @@ def test_cgroup_entries_in_batches_and_key_by_key(node: SimNode, start_agent: Ca
         got = entries(keys, values)
         assert len(keys) // m.key_size == len(values) // m.value_size == len(got) > len(mine)
         assert {cgid: got[cgid] for cgid in mine} == mine
+
+
+def test_array_read_from_an_element_on_by_batches_and_one_by_one(
+    node: SimNode, start_agent: Callable[[], Agent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Map.read_array from element ``first`` on: the same bytes as that part of the whole
+    array, with batch lookups and, as on a kernel without them, one lookup per element."""
+    a, b = node.add_pod("a"), node.add_pod("b")
+    agent = start_agent()
+    exchange(node, a, b, 5102, n=1)  # takes peer rows: their owners are not all zeros
+    dp = agent.core.datapath
+    m, size, rows, first = dp.peer_owner, ctypes.sizeof(abi.PodnetPeerOwner), dp.peer_rows, dp.capacity.slots
+    whole = (abi.PodnetPeerOwner * rows)()
+    m.read_array(whole, rows, size)
+    assert any(bytes(whole)[first * size :])
+    real = libbpf.lib()
+
+    class NoBatch:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        @staticmethod
+        def bpf_map_lookup_batch(*_: object) -> int:
+            ctypes.set_errno(errno.EINVAL)
+            return -1
+
+    for lib in (real, NoBatch()):
+        monkeypatch.setattr(libbpf, "lib", lambda lib=lib: lib)
+        part = (abi.PodnetPeerOwner * (rows - first))()
+        m.read_array(part, rows - first, size, first=first)
+        assert bytes(part) == bytes(whole)[first * size :]
