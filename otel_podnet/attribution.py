@@ -95,6 +95,7 @@ class Attributor:
         self._ip_slot: dict[str, int] = {}  # pod uid -> its IP-fallback slot (NODE: none free)
         self._ips: dict[str, str] = {}  # address -> pod uid, as in the kernel map
         self._ips_refused: set[str] = set()  # addresses a full map refused (reported once each)
+        self._ips_synced: Mapping[str, PodInfo] | None = None  # the pods _sync_ips last mirrored
         self._round = 0
         self._pods_seen: Mapping[str, PodInfo] = {}  # the inventory at the last rescan
         self._cgroups_tracked = 0
@@ -307,6 +308,8 @@ class Attributor:
             _logger.debug("forgot %d cgroups that are gone", dropped)
 
     def _sync_ips(self, pods: Mapping[str, PodInfo]) -> None:
+        if pods == self._ips_synced and not self._ips_refused:
+            return  # the pods of the last round, each of their addresses in the map: as it was
         desired: dict[str, str] = {}
         for p in sorted(pods.values(), key=lambda p: (p.ip_claim_rank, p.uid)):
             for ip in p.ips_for_fallback:
@@ -341,6 +344,7 @@ class Attributor:
             self._ips_refused.discard(ip)
             self._ips[ip] = uid
             self._remapped = True
+        self._ips_synced = dict(pods)
 
     def _finish_retirements(self) -> None:
         keep: list[_Retiring] = []

@@ -3,13 +3,16 @@ samples once, IP map mirroring. (The same logic against the kernel: tests/kernel
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from otel_podnet import abi
 from otel_podnet.attribution import Attributor
 from otel_podnet.cgroups import CgroupIndex, CgroupInfo
 from otel_podnet.inventory import PodInfo
+from otel_podnet.libbpf import MapFull
 from otel_podnet.samples import Counters
 
 
@@ -150,6 +153,37 @@ def test_pod_ips_mirrored_and_reused_ip_moves(tmp_path: Path) -> None:
     att.sync({"y": y, "h": hn})
     assert maps.ips["10.0.0.9"] != sx and "192.0.2.1" not in maps.ips
     assert maps.gen == 2
+
+
+class FullMaps(MemMaps):
+    """podnet_pod_ips holding at most ``room`` addresses."""
+
+    room = 1
+
+    def set_pod_ip(self, address: str, slot: int) -> None:
+        if address not in self.ips and len(self.ips) >= self.room:
+            raise MapFull(errno.E2BIG, "full")
+        super().set_pod_ip(address, slot)
+
+
+def test_pod_ips_follow_the_pods_and_a_refused_one_is_tried_every_round(tmp_path: Path) -> None:
+    maps = FullMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    x = PodInfo(uid="x", name="x", namespace="d", ips=("10.0.0.9",))
+    att.sync({"x": x})
+    att.sync({"x": x})  # the same pods: nothing to do
+    assert list(maps.ips) == ["10.0.0.9"] and maps.gen == 1
+    moved = replace(x, ips=("10.0.0.8",))  # the same pod, a new address
+    att.sync({"x": moved})
+    assert list(maps.ips) == ["10.0.0.8"] and maps.gen == 2
+    pods = {"x": moved, "z": PodInfo(uid="z", name="z", namespace="d", ips=("10.0.0.5",))}
+    att.sync(pods)
+    att.sync(pods)
+    assert "10.0.0.5" not in maps.ips and att.full["pod_ips"] == 1  # refused, reported once
+    maps.room = 2
+    att.sync(pods)  # the same pods, but one address still missing: tried again
+    assert maps.ips == {"10.0.0.8": att._ip_slot["x"], "10.0.0.5": att._ip_slot["z"]}
 
 
 def test_entries_of_dead_host_cgroups_are_forgotten_by_the_periodic_walk(tmp_path: Path) -> None:
