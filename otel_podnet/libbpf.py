@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 from collections.abc import Iterator
 from logging import getLogger
@@ -20,6 +21,7 @@ _logger = getLogger(__name__)
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
+BPF_F_MMAPABLE = 1 << 10  # an array map user space can mmap
 _BTF_KIND_DATASEC = 15
 ENOTSUPP = 524  # the kernel's internal "operation not supported" (not in the errno module)
 BTF_KIND_STRUCT = 4
@@ -90,6 +92,8 @@ def _declare(lb: ctypes.CDLL) -> ctypes.CDLL:
         "bpf_map__value_size": (cu32, [vp]),
         "bpf_map__max_entries": (cu32, [vp]),
         "bpf_map__set_max_entries": (ci, [vp, cu32]),
+        "bpf_map__map_flags": (cu32, [vp]),
+        "bpf_map__set_map_flags": (ci, [vp, cu32]),
         "bpf_map__initial_value": (vp, [vp, ctypes.POINTER(ctypes.c_size_t)]),
         "bpf_program__fd": (ci, [vp]),
         "bpf_program__attach": (vp, [vp]),
@@ -258,6 +262,13 @@ class Map:
             ptr = ctypes.cast(ctypes.byref(values, i * value_bytes), ctypes.c_void_p)
             _check(lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ptr), f"lookup in {self.name}")
 
+    def mmap(self, entries: int) -> mmap.mmap:
+        """The first ``entries`` elements of an array map loaded with BPF_F_MMAPABLE, mapped
+        read-only: a slice of it is a copy of those bytes, read without a system call.
+        (Elements of an array are ``value_size`` rounded up to 8 bytes apart.)"""
+        size = entries * ((self.value_size + 7) // 8 * 8)
+        return mmap.mmap(self.fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+
     def delete(self, key: Any) -> bool:
         rc = lib().bpf_map_delete_elem(self.fd, _ref(key))
         if rc < 0:
@@ -404,6 +415,13 @@ class BpfObject:
         if self.loaded:
             raise LibbpfError(errno.EBUSY, "maps can only be resized before load")
         _check(lib().bpf_map__set_max_entries(self._map_ptr(name), entries), f"resizing {name} to {entries}")
+
+    def add_map_flags(self, name: str, flags: int) -> None:
+        """Add flags (``BPF_F_*``) to a map's before load."""
+        if self.loaded:
+            raise LibbpfError(errno.EBUSY, "map flags can only be set before load")
+        m = self._map_ptr(name)
+        _check(lib().bpf_map__set_map_flags(m, lib().bpf_map__map_flags(m) | flags), f"flags of {name}")
 
     def section_var_offset(self, section: str, var: str) -> tuple[int, int]:
         """(offset, size) of a global variable in a data section, from the object's BTF."""
