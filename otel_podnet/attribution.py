@@ -32,7 +32,7 @@ from .cgroups import CgroupIndex, CgroupInfo
 from .inventory import PodInfo
 from .libbpf import MapFull
 from .log import RateLimited
-from .samples import Counters, Health, PodSample
+from .samples import ZERO, Counters, Health, PodSample
 
 _logger = getLogger(__name__)
 
@@ -357,7 +357,7 @@ class Attributor:
             if last.active_out or last.active_in:
                 keep.append(r)  # its open connections will still close here
                 continue
-            self._carried[r.owner] = self._carried.get(r.owner, Counters()) + last
+            self._carried[r.owner] = self._carried.get(r.owner, ZERO) + last
             self._maps.zero_slot(r.slot)
             if self.on_retire is not None:
                 self.on_retire(r.slot, r.owner)
@@ -383,7 +383,7 @@ class Attributor:
             before = totals.get(owner)  # most owners have one slot and nothing carried
             totals[owner] = live[slot] if before is None else before + live[slot]
         for uid in pods:
-            totals.setdefault(uid, Counters())
+            totals.setdefault(uid, ZERO)  # one shared zero: Counters() costs ~6 us (issue 10)
         live_owners = set(self._slot_owner.values()) | set(self._pod_slot) | set(self._ip_slot)
         samples = [PodSample(None, totals.pop(NODE))]
         for uid, counters in totals.items():
