@@ -132,7 +132,6 @@ class Datapath:
         # every slot on every CPU (user-space sums): filled by one batch lookup per collection
         self._all_slots: ctypes.Array[ctypes.c_uint8] = (ctypes.c_uint8 * 0)()
         self._mapped: dict[str, mmap.mmap] = {}  # MAPPED, where podnet_sum loads
-        self._unpack_row = struct.Struct(f"<{self._words}Q")  # one row, as read_slots sums it
         self.kernel_sums = False  # podnet_sum loaded: read_slots and read_peer_rows use it
         self._sum_fd = -1
         # the tables as decoded at the last read (read_slots, read_peer_rows)
@@ -299,16 +298,16 @@ class Datapath:
                 self._all_slots = (ctypes.c_uint8 * (self.capacity.slots * span))()
             self.stats.read_array(self._all_slots, count, span)
             table = ctypes.string_at(self._all_slots, count * span)
-        unpack, from_bytes = self._unpack_row.unpack, int.from_bytes
+        from_row, from_bytes = Counters.from_row, int.from_bytes
         zero_row = bytes(row)
 
         def decode(raw: bytes) -> Counters:
             if summed:
-                return Counters.from_values(unpack(raw)) if raw != zero_row else ZERO
+                return from_row(raw) if raw != zero_row else ZERO
             total = 0
             for off in range(0, span, row):
                 total += from_bytes(raw[off : off + row], "little")
-            return Counters.from_values(unpack(total.to_bytes(row + 8, "little")[:row])) if total else ZERO
+            return from_row(total.to_bytes(row + 8, "little")) if total else ZERO
 
         rows = self._last_read.decode(table, span, decode)
         return {slot: rows[slot] for slot in wanted}

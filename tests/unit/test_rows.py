@@ -1,4 +1,5 @@
-"""otel_podnet.rows: a table's rows decoded again only where their bytes changed."""
+"""otel_podnet.rows: a table's rows decoded again only where their bytes changed; and a
+kernel row of counters decoded (Counters.from_row)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import struct
 
 import pytest
 
+from otel_podnet import abi
 from otel_podnet.rows import BLOCK, RowCache
+from otel_podnet.samples import ZERO, Counters
 
 ROW = struct.Struct("<2Q")
 
@@ -60,3 +63,14 @@ def test_a_longer_or_shorter_table() -> None:
     assert cache.decode(table(rows), ROW.size, dec) == rows
     with pytest.raises(ValueError):
         cache.decode(b"\x00" * (ROW.size + 1), ROW.size, dec)
+
+
+def test_counters_from_a_kernel_row() -> None:
+    words = len(abi.PodnetCounters())
+    values = tuple(range(1, words + 1))
+    raw = struct.pack(f"<{words}Q", *values)
+    c = Counters.from_row(raw)
+    assert c == Counters.from_values(values) and c.values() == values
+    assert c.opened_out == values[abi.COUNTER_FIELDS.index("opened_out")]
+    assert c.connect_out.buckets == values[len(abi.COUNTER_FIELDS) : len(abi.COUNTER_FIELDS) + abi.HIST_BUCKETS]
+    assert Counters.from_row(bytes(len(raw))) == ZERO
