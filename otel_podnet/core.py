@@ -19,6 +19,7 @@ from .peerinfo import PeerDirectory
 from .peers import (
     NODE,
     Network,
+    Peer,
     PeerFolder,
     PeerResolver,
     PeerTable,
@@ -29,6 +30,8 @@ from .peers import (
 from .samples import Health, PodSample, Snapshot
 
 _logger = getLogger(__name__)
+
+_NO_DELTAS: Mapping[Peer, tuple[int, ...]] = {}  # an owner's without growth (never written to)
 
 
 def ephemeral_port_range(proc: Path = Path("/proc")) -> tuple[int, int]:
@@ -183,7 +186,7 @@ class Core:
         for s in samples:
             owner = NODE if s.uid is None else s.uid
             seen.add(owner)
-            peers = self.peer_folder.exported(owner, deltas.get(owner, {}))
+            peers = self.peer_folder.exported(owner, deltas.get(owner, _NO_DELTAS))
             out.append(PodSample(s.uid, s.counters, s.final, peers))
             if s.final:
                 self.peer_folder.forget(owner)

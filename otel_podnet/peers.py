@@ -368,7 +368,9 @@ class PeerFolder:
 
     def _fold(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> tuple[dict[Peer, tuple[int, ...]], bool]:
         """The owner's series after ``deltas``, and False when their set is the same for sure."""
-        series = self._series.setdefault(owner, {})
+        series = self._series.get(owner)
+        if series is None:
+            series = self._series[owner] = {}
         if deltas.keys() <= series.keys():
             # Every peer that grew has a series already (most intervals of most owners):
             # no peer is new, so none can displace another, and nothing moves to other.
@@ -419,11 +421,19 @@ class PeerFolder:
             kept = self._exported.get(owner)
             if kept is not None:
                 return kept
-        series, changed = self._fold(owner, deltas)
+        series = self._series.get(owner)
         cached = self._order.get(owner)
-        if cached is None or (changed and (len(cached[0]) != len(series) or not all(p in series for p in cached[0]))):
-            order = sorted(series)
-            cached = self._order[owner] = (order, tuple([p.attrs for p in order]))
+        if series is not None and cached is not None and deltas.keys() <= series.keys():
+            # _fold's steady path, inline (every owner, every interval): the same series
+            for p, d in deltas.items():
+                series[p] = _add(series[p], d)
+        else:
+            series, changed = self._fold(owner, deltas)
+            if cached is None or (
+                changed and (len(cached[0]) != len(series) or not all(p in series for p in cached[0]))
+            ):
+                order = sorted(series)
+                cached = self._order[owner] = (order, tuple([p.attrs for p in order]))
         order, attrs = cached
         out = tuple(zip(attrs, map(series.__getitem__, order), strict=True))
         self._exported[owner] = out
