@@ -89,6 +89,7 @@ class Attributor:
         self._max_slots = max_slots or self._capacity.slots
         self._slot_owner: dict[int, str] = {}
         self._carried: dict[str, Counters] = {}
+        self._last_samples: dict[str, PodSample] = {}  # owner -> its sample at the last snapshot
         self._retiring: list[_Retiring] = []
         self._pod_cgroups: dict[int, tuple[CgroupInfo, int]] = {}
         self._pod_slot: dict[str, int] = {}  # pod uid -> the slot its cgroups share (NODE: none free)
@@ -385,12 +386,25 @@ class Attributor:
         for uid in pods:
             totals.setdefault(uid, ZERO)  # one shared zero: Counters() costs ~6 us (issue 10)
         live_owners = set(self._slot_owner.values()) | set(self._pod_slot) | set(self._ip_slot)
-        samples = [PodSample(None, totals.pop(NODE))]
+        # An owner whose counters are the very object of the last snapshot (its slots' bytes
+        # did not change: see Datapath.read_slots) gets the very sample of then, too.
+        last, kept = self._last_samples, {}
+        node = last.get(NODE)
+        if node is None or node.counters is not totals[NODE]:
+            node = PodSample(None, totals[NODE])
+        kept[NODE] = node
+        del totals[NODE]
+        samples = [node]
         for uid, counters in totals.items():
             final = uid not in live_owners and uid not in pods
-            samples.append(PodSample(uid, counters, final=final))
+            sample = last.get(uid)
+            if sample is None or sample.counters is not counters or sample.final != final:
+                sample = PodSample(uid, counters, final=final)
+            samples.append(sample)
+            kept[uid] = sample
             if final:
                 self._carried.pop(uid, None)
+        self._last_samples = kept
         return samples
 
     @property

@@ -80,6 +80,7 @@ class Core:
             self.peer_table = PeerTable(self.datapath, capacity.slots)
             self.attributor.on_retire = self.peer_table.slot_retired
         self._started = False
+        self._last_samples: dict[str, PodSample] = {}  # owner -> its sample (with peers) last time
         # The pods of the last snapshot, with the last known record of those that have
         # left the inventory but are still reported (their final figures): their Resource
         # keeps its name and workload to the end.
@@ -183,16 +184,28 @@ class Core:
             self.datapath.bump_generation()  # sockets of freed rows find new ones
         out = []
         seen = set()
+        last, kept = self._last_samples, {}
         for s in samples:
             owner = NODE if s.uid is None else s.uid
             seen.add(owner)
             peers = self.peer_folder.exported(owner, deltas.get(owner, _NO_DELTAS))
-            out.append(PodSample(s.uid, s.counters, s.final, peers))
+            # nothing changed (counters nor series: the very objects of then): the last sample
+            sample = last.get(owner)
+            if (
+                sample is None
+                or sample.counters is not s.counters
+                or sample.final != s.final
+                or sample.peers is not peers
+            ):
+                sample = PodSample(s.uid, s.counters, s.final, peers)
+            out.append(sample)
+            kept[owner] = sample
             if s.final:
                 self.peer_folder.forget(owner)
         for owner in self.peer_folder.owners():
             if owner not in seen:
                 self.peer_folder.forget(owner)
+        self._last_samples = kept
         return out
 
     def _log_kernel_limits(self, h: Health) -> None:

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from otel_podnet import abi, libbpf
 from otel_podnet.abi import CG_HOST, CG_POD, SLOT_NODE
-from otel_podnet.samples import Counters
+from otel_podnet.samples import Counters, PodSample
 from otel_podnet.simnode import SimNode, SimPod
 
 from .conftest import Agent, cgroup_id
@@ -252,3 +253,24 @@ def test_array_read_from_an_element_on_by_batches_and_one_by_one(
         part = (abi.PodnetPeerOwner * (rows - first))()
         m.read_array(part, rows - first, size, first=first)
         assert bytes(part) == bytes(whole)[first * size :]
+
+
+def test_an_idle_pod_keeps_its_sample_object(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    """A pod whose counters and peer series did not change since the last collection gets
+    the very sample object of then (its slots' bytes unchanged); one that changed, a new one."""
+    a, b = node.add_pod("a"), node.add_pod("b")
+    agent = start_agent()
+    exchange(node, a, b, 5103, n=1)
+    last: dict[str | None, PodSample] = {}
+    kept = False
+    for _ in range(50):  # until the kernel has finished with the closes
+        now = {s.uid: s for s in agent.core.collect().samples}
+        kept = a.uid in last and now[a.uid] is last[a.uid]
+        if kept:
+            break
+        last = now
+        time.sleep(0.1)
+    assert kept and now[a.uid].counters.closed_out == 1 and now[a.uid].peers
+    exchange(node, a, b, 5104, n=1)
+    after = agent.settle(a, lambda c: c.closed_out == 2)
+    assert after.opened_out == 2 and after is not now[a.uid].counters

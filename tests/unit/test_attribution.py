@@ -380,3 +380,21 @@ def test_a_cgroup_whose_removal_was_read_before_it_was_classified_is_found_gone(
     att.sync({UID: PodInfo(UID, "web", "shop", phase="Running")})  # retired into the pod's total
     [pod] = [s for s in att.snapshot({}) if s.uid == UID]
     assert (pod.counters.closed_out, pod.counters.payload_tx) == (1, 52)
+
+
+def test_an_owner_whose_counters_did_not_change_keeps_its_sample_object(tmp_path: Path) -> None:
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    pod_dir = tmp_path / "kubepods" / f"pod{UID}" / "c1"
+    pod_dir.mkdir(parents=True)
+    slot = maps.kernel_sees(pod_dir.stat().st_ino)
+    maps.count(slot, opened_out=3)
+    maps.count(abi.SLOT_NODE, payload_rx=5)
+    att.sync({})
+    first = att.snapshot({})
+    again = att.snapshot({})  # MemMaps hands back the same Counters: nothing changed
+    assert [s.uid for s in again] == [None, UID] and all(x is y for x, y in zip(first, again, strict=True))
+    maps.count(slot, opened_out=1)  # changed after its sample was kept: seen
+    changed = att.snapshot({})
+    assert changed[0] is first[0] and changed[1] is not first[1] and changed[1].counters.opened_out == 4
