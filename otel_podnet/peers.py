@@ -308,11 +308,10 @@ class PeerTable:
             whose = NODE if slot == SLOT_NODE else get_owner(slot)
             if whose is None:
                 continue  # a slot the attribution has not classified yet: next time
-            # (the datapath hands back the same tuple for an unchanged row: compared in C)
             v = values[row]
-            if v == r.last:
+            if v == r.last:  # unchanged (most often the datapath's same tuple): compared in C
                 r.idle += 1
-            else:  # grew: a delta with a word not zero, credited inline (most rows, every interval)
+            else:  # grew: the delta has a word not zero; credited inline (most rows, every interval)
                 d = _sub(v, r.last)
                 r.last, r.idle = v, 0
                 peer = names.get(address) or name(address)
