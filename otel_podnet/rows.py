@@ -16,17 +16,18 @@ class RowCache(Generic[T]):
 
     def __init__(self) -> None:
         self._table = b""
+        self._span = 0
         self._rows: list[T] = []
 
     def decode(self, table: bytes, span: int, decode: Callable[[bytes], T]) -> list[T]:
         """Every row of ``table`` (``span`` bytes each) decoded by ``decode``, but a row
         whose bytes are those of the same row at the last call is the very object of that
-        call, not decoded again. Blocks of BLOCK rows are compared whole first, and
+        call (with rows of the same size), not decoded again. Blocks of BLOCK rows are compared whole first, and
         compared as ``bytes``: a ``memoryview`` compares element by element, ten times
         slower than the ``memcmp`` of bytes."""
         if len(table) % span:
             raise ValueError(f"a table of {len(table)} bytes is no whole number of {span}-byte rows")
-        old, old_rows = self._table, self._rows
+        old, old_rows = (self._table, self._rows) if span == self._span else (b"", [])
         out: list[T] = []
         step = BLOCK * span
         for first in range(0, len(table), step):
@@ -37,5 +38,5 @@ class RowCache(Generic[T]):
             for base in range(first, min(end, len(table)), span):
                 raw = table[base : base + span]
                 out.append(old_rows[base // span] if raw == old[base : base + span] else decode(raw))
-        self._table, self._rows = table, out
+        self._table, self._span, self._rows = table, span, out
         return out

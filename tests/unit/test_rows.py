@@ -74,3 +74,12 @@ def test_counters_from_a_kernel_row() -> None:
     assert c.opened_out == values[abi.COUNTER_FIELDS.index("opened_out")]
     assert c.connect_out.buckets == values[len(abi.COUNTER_FIELDS) : len(abi.COUNTER_FIELDS) + abi.HIST_BUCKETS]
     assert Counters.from_row(bytes(len(raw))) == ZERO
+
+
+def test_rows_of_another_size_are_all_decoded() -> None:
+    """The same bytes read as rows of another size (per-CPU rows instead of sums): nothing
+    of the last call is reused, its rows are other rows."""
+    cache: RowCache[bytes] = RowCache()
+    raw = bytes(range(64))
+    assert cache.decode(raw, 8, bytes) == [raw[i : i + 8] for i in range(0, 64, 8)]
+    assert cache.decode(raw, 16, bytes) == [raw[i : i + 16] for i in range(0, 64, 16)]
