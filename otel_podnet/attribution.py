@@ -32,7 +32,7 @@ from .cgroups import CgroupIndex, CgroupInfo
 from .inventory import PodInfo
 from .libbpf import MapFull
 from .log import RateLimited
-from .samples import Counters, Health, PodSample
+from .samples import ZERO, Counters, Health, PodSample
 
 _logger = getLogger(__name__)
 
@@ -89,12 +89,14 @@ class Attributor:
         self._max_slots = max_slots or self._capacity.slots
         self._slot_owner: dict[int, str] = {}
         self._carried: dict[str, Counters] = {}
+        self._last_samples: dict[str, PodSample] = {}  # owner -> its sample at the last snapshot
         self._retiring: list[_Retiring] = []
         self._pod_cgroups: dict[int, tuple[CgroupInfo, int]] = {}
         self._pod_slot: dict[str, int] = {}  # pod uid -> the slot its cgroups share (NODE: none free)
         self._ip_slot: dict[str, int] = {}  # pod uid -> its IP-fallback slot (NODE: none free)
         self._ips: dict[str, str] = {}  # address -> pod uid, as in the kernel map
         self._ips_refused: set[str] = set()  # addresses a full map refused (reported once each)
+        self._ips_synced: Mapping[str, PodInfo] | None = None  # the pods _sync_ips last mirrored
         self._round = 0
         self._pods_seen: Mapping[str, PodInfo] = {}  # the inventory at the last rescan
         self._cgroups_tracked = 0
@@ -307,6 +309,8 @@ class Attributor:
             _logger.debug("forgot %d cgroups that are gone", dropped)
 
     def _sync_ips(self, pods: Mapping[str, PodInfo]) -> None:
+        if pods == self._ips_synced and not self._ips_refused:
+            return  # the pods of the last round, each of their addresses in the map: as it was
         desired: dict[str, str] = {}
         for p in sorted(pods.values(), key=lambda p: (p.ip_claim_rank, p.uid)):
             for ip in p.ips_for_fallback:
@@ -341,6 +345,7 @@ class Attributor:
             self._ips_refused.discard(ip)
             self._ips[ip] = uid
             self._remapped = True
+        self._ips_synced = dict(pods)
 
     def _finish_retirements(self) -> None:
         keep: list[_Retiring] = []
@@ -353,7 +358,7 @@ class Attributor:
             if last.active_out or last.active_in:
                 keep.append(r)  # its open connections will still close here
                 continue
-            self._carried[r.owner] = self._carried.get(r.owner, Counters()) + last
+            self._carried[r.owner] = self._carried.get(r.owner, ZERO) + last
             self._maps.zero_slot(r.slot)
             if self.on_retire is not None:
                 self.on_retire(r.slot, r.owner)
@@ -379,14 +384,27 @@ class Attributor:
             before = totals.get(owner)  # most owners have one slot and nothing carried
             totals[owner] = live[slot] if before is None else before + live[slot]
         for uid in pods:
-            totals.setdefault(uid, Counters())
+            totals.setdefault(uid, ZERO)  # one shared zero: Counters() costs ~6 us (issue 10)
         live_owners = set(self._slot_owner.values()) | set(self._pod_slot) | set(self._ip_slot)
-        samples = [PodSample(None, totals.pop(NODE))]
+        # An owner whose counters are the very object of the last snapshot (its slots' bytes
+        # did not change: see Datapath.read_slots) gets the very sample of then, too.
+        last, kept = self._last_samples, {}
+        node = last.get(NODE)
+        if node is None or node.counters is not totals[NODE]:
+            node = PodSample(None, totals[NODE])
+        kept[NODE] = node
+        del totals[NODE]
+        samples = [node]
         for uid, counters in totals.items():
             final = uid not in live_owners and uid not in pods
-            samples.append(PodSample(uid, counters, final=final))
+            sample = last.get(uid)
+            if sample is None or sample.counters is not counters or sample.final != final:
+                sample = PodSample(uid, counters, final=final)
+            samples.append(sample)
+            kept[uid] = sample
             if final:
                 self._carried.pop(uid, None)
+        self._last_samples = kept
         return samples
 
     @property

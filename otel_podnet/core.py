@@ -19,6 +19,7 @@ from .peerinfo import PeerDirectory
 from .peers import (
     NODE,
     Network,
+    Peer,
     PeerFolder,
     PeerResolver,
     PeerTable,
@@ -29,6 +30,8 @@ from .peers import (
 from .samples import Health, PodSample, Snapshot
 
 _logger = getLogger(__name__)
+
+_NO_DELTAS: Mapping[Peer, tuple[int, ...]] = {}  # an owner's without growth (never written to)
 
 
 def ephemeral_port_range(proc: Path = Path("/proc")) -> tuple[int, int]:
@@ -77,6 +80,7 @@ class Core:
             self.peer_table = PeerTable(self.datapath, capacity.slots)
             self.attributor.on_retire = self.peer_table.slot_retired
         self._started = False
+        self._last_samples: dict[str, PodSample] = {}  # owner -> its sample (with peers) last time
         # The pods of the last snapshot, with the last known record of those that have
         # left the inventory but are still reported (their final figures): their Resource
         # keeps its name and workload to the end.
@@ -180,16 +184,28 @@ class Core:
             self.datapath.bump_generation()  # sockets of freed rows find new ones
         out = []
         seen = set()
+        last, kept = self._last_samples, {}
         for s in samples:
             owner = NODE if s.uid is None else s.uid
             seen.add(owner)
-            peers = self.peer_folder.exported(owner, deltas.get(owner, {}))
-            out.append(PodSample(s.uid, s.counters, s.final, peers))
+            peers = self.peer_folder.exported(owner, deltas.get(owner, _NO_DELTAS))
+            # nothing changed (counters nor series: the very objects of then): the last sample
+            sample = last.get(owner)
+            if (
+                sample is None
+                or sample.counters is not s.counters
+                or sample.final != s.final
+                or sample.peers is not peers
+            ):
+                sample = PodSample(s.uid, s.counters, s.final, peers)
+            out.append(sample)
+            kept[owner] = sample
             if s.final:
                 self.peer_folder.forget(owner)
         for owner in self.peer_folder.owners():
             if owner not in seen:
                 self.peer_folder.forget(owner)
+        self._last_samples = kept
         return out
 
     def _log_kernel_limits(self, h: Health) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 from collections.abc import Iterator
 from logging import getLogger
@@ -20,6 +21,7 @@ _logger = getLogger(__name__)
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
+BPF_F_MMAPABLE = 1 << 10  # an array map user space can mmap
 _BTF_KIND_DATASEC = 15
 ENOTSUPP = 524  # the kernel's internal "operation not supported" (not in the errno module)
 BTF_KIND_STRUCT = 4
@@ -90,6 +92,8 @@ def _declare(lb: ctypes.CDLL) -> ctypes.CDLL:
         "bpf_map__value_size": (cu32, [vp]),
         "bpf_map__max_entries": (cu32, [vp]),
         "bpf_map__set_max_entries": (ci, [vp, cu32]),
+        "bpf_map__map_flags": (cu32, [vp]),
+        "bpf_map__set_map_flags": (ci, [vp, cu32]),
         "bpf_map__initial_value": (vp, [vp, ctypes.POINTER(ctypes.c_size_t)]),
         "bpf_program__fd": (ci, [vp]),
         "bpf_program__attach": (vp, [vp]),
@@ -222,21 +226,23 @@ class Map:
             raise MapFull(errno.E2BIG, f"update of {self.name}: the map is full")
         _check(rc, f"update of {self.name}")
 
-    def read_array(self, values: Any, entries: int, value_bytes: int) -> None:
-        """Every element of an array map into ``values`` (``entries`` x ``value_bytes``
-        bytes; per-CPU maps: every CPU's row of an element in turn), with batch lookups:
-        one system call where the kernel allows, one lookup per element where it has none."""
+    def read_array(self, values: Any, entries: int, value_bytes: int, first: int = 0) -> None:
+        """Elements ``first`` to ``first + entries - 1`` of an array map into ``values``
+        (``entries`` x ``value_bytes`` bytes; per-CPU maps: every CPU's row of an element
+        in turn), with batch lookups: one system call where the kernel allows, one lookup
+        per element where it has none."""
         if ctypes.sizeof(values) < entries * value_bytes:
             raise ValueError(f"{entries} x {value_bytes} bytes of {self.name} do not fit {ctypes.sizeof(values)}")
         keys = (ctypes.c_uint32 * entries)()
-        token = ctypes.c_uint32()
+        # a batch starts after the key in its first argument (none: at the first key)
+        token = ctypes.c_uint32(first - 1)
         count = ctypes.c_uint32()
         done = 0
         while done < entries:
             count.value = entries - done
             rc = lib().bpf_map_lookup_batch(
                 self.fd,
-                None if done == 0 else ctypes.byref(token),
+                None if done == 0 and first == 0 else ctypes.byref(token),
                 ctypes.byref(token),
                 ctypes.byref(keys, done * 4),
                 ctypes.byref(values, done * value_bytes),
@@ -252,9 +258,16 @@ class Map:
             if rc < 0 or count.value == 0:  # ENOENT: that was the last batch
                 return
         for i in range(done, entries):  # no batch lookups (before Linux 5.6)
-            key = ctypes.c_uint32(i)
+            key = ctypes.c_uint32(first + i)
             ptr = ctypes.cast(ctypes.byref(values, i * value_bytes), ctypes.c_void_p)
             _check(lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ptr), f"lookup in {self.name}")
+
+    def mmap(self, entries: int) -> mmap.mmap:
+        """The first ``entries`` elements of an array map loaded with BPF_F_MMAPABLE, mapped
+        read-only: a slice of it is a copy of those bytes, read without a system call.
+        (Elements of an array are ``value_size`` rounded up to 8 bytes apart.)"""
+        size = entries * ((self.value_size + 7) // 8 * 8)
+        return mmap.mmap(self.fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
 
     def delete(self, key: Any) -> bool:
         rc = lib().bpf_map_delete_elem(self.fd, _ref(key))
@@ -280,11 +293,25 @@ class Map:
         return True
 
     def items(self, key_type: type[Any], value_type: type[Any], batch: int = 512) -> Iterator[tuple[Any, Any]]:
-        """Every (key, value) pair, by batch lookups where the kernel has them."""
-        keys = (key_type * batch)()
-        values = (value_type * batch)()
-        token = ctypes.create_string_buffer(max(8, self.key_size))
+        """Every (key, value) pair as ctypes objects (plain integers for simple types), from
+        :meth:`dump`."""
+        keys, values = self.dump(batch)
+        ks, vs = self.key_size, self.value_size
+        for i in range(len(keys) // ks):
+            yield _element(key_type, keys, i * ks), _element(value_type, values, i * vs)
+
+    def dump(self, batch: int = 512) -> tuple[bytes, bytes]:
+        """Every key and every value, each side concatenated (``key_size`` and ``value_size``
+        bytes apiece, in the same order): by batch lookups where the kernel has them, one
+        lookup per key where it has none. The caller unpacks them in C (``iter_unpack``),
+        not field by field through ctypes (issue 10)."""
+        ks, vs = self.key_size, self.value_size
+        keys = ctypes.create_string_buffer(batch * ks)
+        values = ctypes.create_string_buffer(batch * vs)
+        token = ctypes.create_string_buffer(max(8, ks))
         count = ctypes.c_uint32()
+        got_keys: list[bytes] = []
+        got_values: list[bytes] = []
         first = True
         while True:
             count.value = batch
@@ -294,25 +321,33 @@ class Map:
             err = ctypes.get_errno() if rc < 0 else 0
             if rc < 0 and err not in (errno.ENOENT,):
                 if err in (errno.EINVAL, ENOTSUPP) and first:
-                    yield from self._items_slow(key_type, value_type)
-                    return
+                    return self._dump_slow()
                 raise LibbpfError(err, f"batch lookup in {self.name}: {os.strerror(err)}")
-            for i in range(count.value):
-                yield keys[i], values[i]
+            got_keys.append(ctypes.string_at(keys, count.value * ks))
+            got_values.append(ctypes.string_at(values, count.value * vs))
             if rc < 0:  # ENOENT: that was the last batch
-                return
+                return b"".join(got_keys), b"".join(got_values)
             first = False
 
-    def _items_slow(self, key_type: type[Any], value_type: type[Any]) -> Iterator[tuple[Any, Any]]:
-        key = key_type()
-        nxt = key_type()
-        rc = lib().bpf_map_get_next_key(self.fd, None, ctypes.byref(nxt))
+    def _dump_slow(self) -> tuple[bytes, bytes]:
+        key = ctypes.create_string_buffer(self.key_size)
+        nxt = ctypes.create_string_buffer(self.key_size)
+        value = ctypes.create_string_buffer(self.value_size)
+        got_keys: list[bytes] = []
+        got_values: list[bytes] = []
+        rc = lib().bpf_map_get_next_key(self.fd, None, nxt)
         while rc == 0:
-            value = value_type()
             if self.lookup(nxt, value):
-                yield nxt, value
-            ctypes.memmove(ctypes.byref(key), ctypes.byref(nxt), ctypes.sizeof(key))
-            rc = lib().bpf_map_get_next_key(self.fd, ctypes.byref(key), ctypes.byref(nxt))
+                got_keys.append(nxt.raw)
+                got_values.append(value.raw)
+            ctypes.memmove(key, nxt, self.key_size)
+            rc = lib().bpf_map_get_next_key(self.fd, key, nxt)
+        return b"".join(got_keys), b"".join(got_values)
+
+
+def _element(ctype: type[Any], buf: bytes, offset: int) -> Any:
+    v = ctype.from_buffer_copy(buf, offset)
+    return v.value if isinstance(v, ctypes._SimpleCData) else v
 
 
 def _ref(key: Any) -> Any:
@@ -380,6 +415,13 @@ class BpfObject:
         if self.loaded:
             raise LibbpfError(errno.EBUSY, "maps can only be resized before load")
         _check(lib().bpf_map__set_max_entries(self._map_ptr(name), entries), f"resizing {name} to {entries}")
+
+    def add_map_flags(self, name: str, flags: int) -> None:
+        """Add flags (``BPF_F_*``) to a map's before load."""
+        if self.loaded:
+            raise LibbpfError(errno.EBUSY, "map flags can only be set before load")
+        m = self._map_ptr(name)
+        _check(lib().bpf_map__set_map_flags(m, lib().bpf_map__map_flags(m) | flags), f"flags of {name}")
 
     def section_var_offset(self, section: str, var: str) -> tuple[int, int]:
         """(offset, size) of a global variable in a data section, from the object's BTF."""

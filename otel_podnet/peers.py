@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import getLogger
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .abi import PEER_FIELDS, SLOT_NODE
 from .peerinfo import PeerDirectory
@@ -45,28 +45,20 @@ FAILED_TYPES = ("refused", "timeout", "unreachable", "reset", "other")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True, order=True)
-class Peer:
-    """A peer as exported: ``kind`` is pod, node, external or other."""
-
+class _PeerFields(NamedTuple):
     kind: str
     namespace: str = ""
     workload: str = ""
     workload_kind: str = ""
     service: str = ""
 
-    # Peers are dict keys and set members thousands of times per collection: equality and
-    # hash on the cached field tuple, the same object first (PeerTable hands out one object
-    # per peer), rather than the dataclass' tuple built per call.
-    def __eq__(self, other: object) -> bool:
-        if self is other:
-            return True
-        if not isinstance(other, Peer):
-            return NotImplemented
-        return self.order == other.order
 
-    def __hash__(self) -> int:
-        return hash(self.order)
+class Peer(_PeerFields):
+    """A peer as exported: ``kind`` is pod, node, external or other; ordered by its fields.
+
+    A (named) tuple rather than a dataclass: Peers are dict keys and set members thousands
+    of times per collection, and a tuple's hash and equality run in C, where a dataclass'
+    are Python calls (~0.5 us each on a slow core, issue 10)."""
 
     def attributes(self) -> tuple[tuple[str, str], ...]:
         return self.attrs
@@ -84,11 +76,6 @@ class Peer:
         if self.service:
             out.append(("podnet.peer.service", self.service))
         return tuple(out)
-
-    @functools.cached_property
-    def order(self) -> tuple[str, ...]:
-        """The dataclass' order as a key (``sorted(key=...)``: no ``__lt__`` per comparison)."""
-        return (self.kind, self.namespace, self.workload, self.workload_kind, self.service)
 
 
 OTHER = Peer("other")
@@ -286,9 +273,6 @@ class PeerTable:
                 p = names[ip] = interned.setdefault(p, p)  # one object per peer, interval after interval
             return p
 
-        def owner_of(slot: int) -> str | None:
-            return NODE if slot == SLOT_NODE else slot_owner.get(slot)
-
         # rows freed at the last reading: their last growth, then back to the kernel
         recycled = set(self._freed)
         for row in self._freed:
@@ -305,58 +289,60 @@ class PeerTable:
             self._dp.recycle_peer_row(slot)
         freed_any = False
         in_use = 0
+        rows, get_owner = self._rows, slot_owner.get
         for row in range(self._slots, len(owners)):
             o = owners[row]
             if o is None or not o[1] or row in recycled:
                 continue
             in_use += 1
             slot, _used, address = o
-            r = self._rows.get(row)
-            if r is None or (r.slot, r.address) != (slot, address):
-                r = _Row(slot, address)
-                self._rows[row] = r
+            r = rows.get(row)
+            if r is None or r.slot != slot or r.address != address:
+                r = rows[row] = _Row(slot, address)
             if slot in retired:
                 self._credit(out, retired[slot], name(address), _sub(values[row], r.last))
                 self._dp.free_peer_row(row, slot, address)
-                del self._rows[row]
+                del rows[row]
                 self._dp.recycle_peer_row(row)
                 continue
-            whose = owner_of(slot)
+            whose = NODE if slot == SLOT_NODE else get_owner(slot)
             if whose is None:
                 continue  # a slot the attribution has not classified yet: next time
             v = values[row]
-            if v is r.last:  # the datapath hands back the same tuple for an unchanged row
+            if v == r.last:  # unchanged (most often the datapath's same tuple): compared in C
                 r.idle += 1
-            else:
+            else:  # grew: the delta has a word not zero; credited inline (most rows, every interval)
                 d = _sub(v, r.last)
-                r.last = v
-                self._credit(out, whose, name(address), d)
-                r.idle = 0 if any(d) else r.idle + 1
+                r.last, r.idle = v, 0
+                peer = names.get(address) or name(address)
+                per = out.get(whose)
+                if per is None:
+                    per = out[whose] = {}
+                had = per.get(peer)
+                per[peer] = d if had is None else _add(had, d)
             if r.idle >= self._idle_rounds:
                 self._dp.free_peer_row(row, slot, address)
                 r.owner = whose
                 self._freed.append(row)
                 freed_any = True
         self.in_use = in_use
-        # the slots' overflow rows: traffic that found no row of its own
+        # the slots' overflow rows: traffic that found no row of its own (most hold zeros)
+        overflow_last = self._overflow_last
         for slot in (SLOT_NODE, *slot_owner):
             if slot >= self._slots or slot in retired:
                 continue
-            whose = owner_of(slot)
+            v, last = values[slot], overflow_last.get(slot, ZERO)
+            if v == last:
+                continue
+            whose = NODE if slot == SLOT_NODE else get_owner(slot)
             if whose is None:
                 continue
-            last = self._overflow_last.get(slot, ZERO)
-            if values[slot] is not last:
-                self._credit(out, whose, OTHER, _sub(values[slot], last))
-                self._overflow_last[slot] = values[slot]
+            self._credit(out, whose, OTHER, _sub(v, last))
+            overflow_last[slot] = v
         return out, freed_any
 
 
 Attrs = tuple[tuple[str, str], ...]
-
-
-def _order_of(peer: Peer) -> tuple[str, ...]:
-    return peer.order
 
 
 # -- at most max_peers series per owner -----------------------------------------------------------
@@ -370,20 +356,26 @@ class PeerFolder:
         self.max_peers = max_peers
         self._series: dict[str, dict[Peer, tuple[int, ...]]] = {}
         self._exported: dict[str, tuple[tuple[Attrs, tuple[int, ...]], ...]] = {}
-        self._order: dict[str, list[Peer]] = {}  # each owner's series in peer order
+        # each owner's series in peer order, and their attributes
+        self._order: dict[str, tuple[list[Peer], tuple[Attrs, ...]]] = {}
 
     def fold(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> dict[Peer, tuple[int, ...]]:
         """Add one interval's growth per peer; the owner's series after it."""
-        return dict(self._fold(owner, deltas))
+        series, _ = self._fold(owner, deltas)
+        self._order.pop(owner, None)  # its set of series may have changed behind exported's back
+        return dict(series)
 
-    def _fold(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> dict[Peer, tuple[int, ...]]:
-        series = self._series.setdefault(owner, {})
-        if all(p in series for p in deltas):
+    def _fold(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> tuple[dict[Peer, tuple[int, ...]], bool]:
+        """The owner's series after ``deltas``, and False when their set is the same for sure."""
+        series = self._series.get(owner)
+        if series is None:
+            series = self._series[owner] = {}
+        if deltas.keys() <= series.keys():
             # Every peer that grew has a series already (most intervals of most owners):
             # no peer is new, so none can displace another, and nothing moves to other.
             for p, d in deltas.items():
                 series[p] = _add(series[p], d)
-            return series
+            return series, False
         members = {p for p in series if p != OTHER}
 
         def busy(p: Peer) -> tuple[int, int, int, int, Peer]:
@@ -418,7 +410,7 @@ class PeerFolder:
                 other = _add(other, d)
         if any(other):
             series[OTHER] = other
-        return series
+        return series, True
 
     def exported(self, owner: str, deltas: Mapping[Peer, Sequence[int]]) -> tuple[tuple[Attrs, tuple[int, ...]], ...]:
         """:meth:`fold`, as a sample carries it: (attributes, figures) per series in peer
@@ -428,11 +420,21 @@ class PeerFolder:
             kept = self._exported.get(owner)
             if kept is not None:
                 return kept
-        series = self._fold(owner, deltas)
-        order = self._order.get(owner)
-        if order is None or len(order) != len(series) or not all(p in series for p in order):
-            order = self._order[owner] = sorted(series, key=_order_of)
-        out = tuple([(p.attrs, series[p]) for p in order])
+        series = self._series.get(owner)
+        cached = self._order.get(owner)
+        if series is not None and cached is not None and deltas.keys() <= series.keys():
+            # _fold's steady path, inline (every owner, every interval): the same series
+            for p, d in deltas.items():
+                series[p] = _add(series[p], d)
+        else:
+            series, changed = self._fold(owner, deltas)
+            if cached is None or (
+                changed and (len(cached[0]) != len(series) or not all(p in series for p in cached[0]))
+            ):
+                order = sorted(series)
+                cached = self._order[owner] = (order, tuple([p.attrs for p in order]))
+        order, attrs = cached
+        out = tuple(zip(attrs, map(series.__getitem__, order), strict=True))
         self._exported[owner] = out
         return out
 

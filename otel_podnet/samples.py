@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -100,6 +101,17 @@ class Counters:
         d["hist"] = v[n:] or HIST_ZERO
         return c
 
+    @classmethod
+    def from_row(cls, raw: bytes) -> Counters:
+        """From a struct podnet_counters as the kernel stores it (little-endian words, the
+        histograms included): unpacked in two parts, straight into the fields and the
+        histograms, without the whole row's tuple in between (issue 10)."""
+        c = object.__new__(cls)
+        d = c.__dict__
+        d.update(zip(COUNTER_FIELDS, _ROW_FIELDS.unpack_from(raw), strict=True))
+        d["hist"] = _ROW_HIST.unpack_from(raw, _ROW_FIELDS.size)
+        return c
+
     def values(self) -> tuple[int, ...]:
         return _counter_fields(self) + self.hist
 
@@ -156,6 +168,8 @@ class Counters:
 assert tuple(f.name for f in dataclasses.fields(Counters)) == (*COUNTER_FIELDS, "hist")
 
 _counter_fields = operator.attrgetter(*COUNTER_FIELDS)
+_ROW_FIELDS = struct.Struct(f"<{len(COUNTER_FIELDS)}Q")
+_ROW_HIST = struct.Struct(f"<{len(HIST_ZERO)}Q")
 ZERO = Counters()  # the one zero: datapath.read_slots returns it for an all-zero slot
 
 

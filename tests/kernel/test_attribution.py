@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from otel_podnet.abi import CG_HOST, SLOT_NODE
-from otel_podnet.samples import Counters
+from otel_podnet import abi, libbpf
+from otel_podnet.abi import CG_HOST, CG_POD, SLOT_NODE
+from otel_podnet.samples import Counters, PodSample
 from otel_podnet.simnode import SimNode, SimPod
 
 from .conftest import Agent, cgroup_id
@@ -185,3 +190,87 @@ def test_the_kernel_queues_removed_cgroups_of_the_default_hierarchy_only(
     if v1_id is None:
         pytest.skip("no cgroup v1 hierarchy mounted here: the v2-only half was checked")
     assert v1_id not in gone
+
+
+def test_cgroup_entries_in_batches_and_key_by_key(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    """podnet_cgroups read whole (Map.dump): in one batch, in several, and key by key as on
+    a kernel without batch lookups, the pods' cgroups have the entries the agent gave them
+    (other cgroups of this machine come and go meanwhile: only the pods' are compared)."""
+    pods = [node.add_pod(f"p{i}", driver="systemd" if i % 2 else "cgroupfs") for i in range(3)]
+    agent = start_agent()
+    uids = {p.uid for p in pods}  # the entries the agent wrote, from its own records
+    mine = {
+        cgid: (slot, CG_POD)
+        for cgid, (info, slot) in agent.core.attributor._pod_cgroups.items()
+        if info.pod_uid in uids
+    }
+    assert len(mine) == 6 and SLOT_NODE not in {slot for slot, _ in mine.values()}
+    m = agent.core.datapath.cgroups
+
+    def entries(keys: bytes, values: bytes) -> dict[int, tuple[int, int]]:
+        ks, vs = m.key_size, m.value_size
+        out = {}
+        for i in range(len(keys) // ks):
+            v = values[i * vs : (i + 1) * vs]
+            out[int.from_bytes(keys[i * ks : (i + 1) * ks], sys.byteorder)] = (
+                int.from_bytes(v[:4], sys.byteorder),
+                int.from_bytes(v[4:], sys.byteorder),
+            )
+        return out
+
+    for keys, values in (m.dump(), m.dump(batch=2), m._dump_slow()):
+        got = entries(keys, values)
+        assert len(keys) // m.key_size == len(values) // m.value_size == len(got) > len(mine)
+        assert {cgid: got[cgid] for cgid in mine} == mine
+
+
+def test_array_read_from_an_element_on_by_batches_and_one_by_one(
+    node: SimNode, start_agent: Callable[[], Agent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Map.read_array from element ``first`` on: the same bytes as that part of the whole
+    array, with batch lookups and, as on a kernel without them, one lookup per element."""
+    a, b = node.add_pod("a"), node.add_pod("b")
+    agent = start_agent()
+    exchange(node, a, b, 5102, n=1)  # takes peer rows: their owners are not all zeros
+    dp = agent.core.datapath
+    m, size, rows, first = dp.peer_owner, ctypes.sizeof(abi.PodnetPeerOwner), dp.peer_rows, dp.capacity.slots
+    whole = (abi.PodnetPeerOwner * rows)()
+    m.read_array(whole, rows, size)
+    assert any(bytes(whole)[first * size :])
+    real = libbpf.lib()
+
+    class NoBatch:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        @staticmethod
+        def bpf_map_lookup_batch(*_: object) -> int:
+            ctypes.set_errno(errno.EINVAL)
+            return -1
+
+    for lib in (real, NoBatch()):
+        monkeypatch.setattr(libbpf, "lib", lambda lib=lib: lib)
+        part = (abi.PodnetPeerOwner * (rows - first))()
+        m.read_array(part, rows - first, size, first=first)
+        assert bytes(part) == bytes(whole)[first * size :]
+
+
+def test_an_idle_pod_keeps_its_sample_object(node: SimNode, start_agent: Callable[[], Agent]) -> None:
+    """A pod whose counters and peer series did not change since the last collection gets
+    the very sample object of then (its slots' bytes unchanged); one that changed, a new one."""
+    a, b = node.add_pod("a"), node.add_pod("b")
+    agent = start_agent()
+    exchange(node, a, b, 5103, n=1)
+    last: dict[str | None, PodSample] = {}
+    kept = False
+    for _ in range(50):  # until the kernel has finished with the closes
+        now = {s.uid: s for s in agent.core.collect().samples}
+        kept = a.uid in last and now[a.uid] is last[a.uid]
+        if kept:
+            break
+        last = now
+        time.sleep(0.1)
+    assert kept and now[a.uid].counters.closed_out == 1 and now[a.uid].peers
+    exchange(node, a, b, 5104, n=1)
+    after = agent.settle(a, lambda c: c.closed_out == 2)
+    assert after.opened_out == 2 and after is not now[a.uid].counters

@@ -22,6 +22,7 @@ from otel_podnet.core import Core
 from otel_podnet.datapath import PROGRAM_SUM, PROGRAMS_CGROUP, PROGRAMS_TRACING, Datapath, default_object_path
 from otel_podnet.inventory import PodsFileSource
 from otel_podnet.libbpf import LibbpfError
+from otel_podnet.rows import RowCache
 from otel_podnet.samples import Counters
 from otel_podnet.simnode import SimNode, SimPod
 
@@ -107,7 +108,7 @@ def test_kernel_sums_equal_the_per_cpu_rows_summed(
 
     # a few rows per run (a node of many CPUs sums in several runs): the same sums
     monkeypatch.setattr(datapath, "SUM_BUDGET", 3 * dp._ncpus)
-    dp._last_read, dp._last_peer_read = {}, {}
+    dp._last_read, dp._last_peer_read = RowCache(), RowCache()  # nothing decoded before
     assert {s: c.values() for s, c in dp.read_slots(slots).items()} == truth
     assert {r: dp.read_peer_rows()[1][r] for r in mine} == {r: values[r] for r in mine}
 

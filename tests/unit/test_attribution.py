@@ -3,13 +3,16 @@ samples once, IP map mirroring. (The same logic against the kernel: tests/kernel
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from otel_podnet import abi
 from otel_podnet.attribution import Attributor
 from otel_podnet.cgroups import CgroupIndex, CgroupInfo
 from otel_podnet.inventory import PodInfo
+from otel_podnet.libbpf import MapFull
 from otel_podnet.samples import Counters
 
 
@@ -150,6 +153,37 @@ def test_pod_ips_mirrored_and_reused_ip_moves(tmp_path: Path) -> None:
     att.sync({"y": y, "h": hn})
     assert maps.ips["10.0.0.9"] != sx and "192.0.2.1" not in maps.ips
     assert maps.gen == 2
+
+
+class FullMaps(MemMaps):
+    """podnet_pod_ips holding at most ``room`` addresses."""
+
+    room = 1
+
+    def set_pod_ip(self, address: str, slot: int) -> None:
+        if address not in self.ips and len(self.ips) >= self.room:
+            raise MapFull(errno.E2BIG, "full")
+        super().set_pod_ip(address, slot)
+
+
+def test_pod_ips_follow_the_pods_and_a_refused_one_is_tried_every_round(tmp_path: Path) -> None:
+    maps = FullMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    x = PodInfo(uid="x", name="x", namespace="d", ips=("10.0.0.9",))
+    att.sync({"x": x})
+    att.sync({"x": x})  # the same pods: nothing to do
+    assert list(maps.ips) == ["10.0.0.9"] and maps.gen == 1
+    moved = replace(x, ips=("10.0.0.8",))  # the same pod, a new address
+    att.sync({"x": moved})
+    assert list(maps.ips) == ["10.0.0.8"] and maps.gen == 2
+    pods = {"x": moved, "z": PodInfo(uid="z", name="z", namespace="d", ips=("10.0.0.5",))}
+    att.sync(pods)
+    att.sync(pods)
+    assert "10.0.0.5" not in maps.ips and att.full["pod_ips"] == 1  # refused, reported once
+    maps.room = 2
+    att.sync(pods)  # the same pods, but one address still missing: tried again
+    assert maps.ips == {"10.0.0.8": att._ip_slot["x"], "10.0.0.5": att._ip_slot["z"]}
 
 
 def test_entries_of_dead_host_cgroups_are_forgotten_by_the_periodic_walk(tmp_path: Path) -> None:
@@ -346,3 +380,21 @@ def test_a_cgroup_whose_removal_was_read_before_it_was_classified_is_found_gone(
     att.sync({UID: PodInfo(UID, "web", "shop", phase="Running")})  # retired into the pod's total
     [pod] = [s for s in att.snapshot({}) if s.uid == UID]
     assert (pod.counters.closed_out, pod.counters.payload_tx) == (1, 52)
+
+
+def test_an_owner_whose_counters_did_not_change_keeps_its_sample_object(tmp_path: Path) -> None:
+    maps = MemMaps()
+    att = Attributor(maps, CgroupIndex(tmp_path), max_slots=8)
+    att.start()
+    pod_dir = tmp_path / "kubepods" / f"pod{UID}" / "c1"
+    pod_dir.mkdir(parents=True)
+    slot = maps.kernel_sees(pod_dir.stat().st_ino)
+    maps.count(slot, opened_out=3)
+    maps.count(abi.SLOT_NODE, payload_rx=5)
+    att.sync({})
+    first = att.snapshot({})
+    again = att.snapshot({})  # MemMaps hands back the same Counters: nothing changed
+    assert [s.uid for s in again] == [None, UID] and all(x is y for x, y in zip(first, again, strict=True))
+    maps.count(slot, opened_out=1)  # changed after its sample was kept: seen
+    changed = att.snapshot({})
+    assert changed[0] is first[0] and changed[1] is not first[1] and changed[1].counters.opened_out == 4

@@ -187,6 +187,24 @@ def test_fold_is_monotonic_and_exact_when_the_busiest_change() -> None:
     assert seen == {C: v(500), B: v(900), OTHER: v(100 + 1 + 50 + 10)}
 
 
+def test_exported_in_peer_order_as_the_series_change() -> None:
+    f = PeerFolder(2)
+
+    def exp(deltas: dict[Peer, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...]]]:
+        return [(dict(attrs)["podnet.peer.kind"] + dict(attrs).get("podnet.peer.workload", ""), val)
+                for attrs, val in f.exported("p", deltas)]  # fmt: skip
+
+    assert exp({B: v(5), A: v(3)}) == [("poda", v(3)), ("podb", v(5))]
+    kept = f.exported("p", {})
+    assert f.exported("p", {}) is kept  # no growth: the very same tuple
+    assert exp({A: v(1)}) == [("poda", v(4)), ("podb", v(5))]  # same series: the order kept
+    assert exp({C: v(100)}) == [("other", v(4)), ("podb", v(5)), ("podc", v(100))]  # A drops out
+    # fold() changes the set of series behind exported(): exported must not reuse its order
+    f.fold("p", {D: v(1000)})
+    assert exp({D: v(1)}) == [("other", v(9)), ("podc", v(100)), ("podd", v(1001))]
+    assert exp({OTHER: v(1), C: v(1)}) == [("other", v(10)), ("podc", v(101)), ("podd", v(1001))]
+
+
 def test_max_one_and_the_overflow_row() -> None:
     f = PeerFolder(1)
     assert f.fold("p", {OTHER: v(7), A: v(3)}) == {A: v(3), OTHER: v(7)}
