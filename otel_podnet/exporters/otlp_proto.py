@@ -54,6 +54,41 @@ class Group(NamedTuple):
     start: int  # the points' start time (unset for a gauge)
 
 
+class Spec(NamedTuple):
+    """One metric of one owner as the request lays it out: its points' attributes, and
+    which start time its points carry."""
+
+    d: MetricDef
+    kind: int  # SUM, GAUGE or HISTOGRAM
+    temporality: int  # AggregationTemporality's value (0 for a gauge)
+    attrs: tuple[Attrs, ...]
+    since: int  # NO_START (a gauge), SINCE_START (the agent's start) or SINCE_LAST (delta)
+
+
+NO_START, SINCE_START, SINCE_LAST = 0, 1, 2
+
+
+class Layout:
+    """One owner's metrics and points in order: what its values list holds, point by point
+    (a number, or a KernelHistogram for a histogram's point). Kept and shared while an
+    owner's series stay the same, so the encoder compares it by identity first."""
+
+    __slots__ = ("delta_at", "hist_at", "point_since", "series", "specs")
+
+    def __init__(self, specs: Sequence[Spec]) -> None:
+        assert all((s.kind == GAUGE) == (s.since == NO_START) for s in specs)  # a gauge has no start
+        self.specs = tuple(specs)
+        points = [(s, a) for s in self.specs for a in s.attrs]
+        self.point_since = tuple([s.since for s, _ in points])
+        self.hist_at = tuple([i for i, (s, _) in enumerate(points) if s.kind == HISTOGRAM])
+        # the points whose value goes out as a delta: their series' key after the owner's
+        self.delta_at = tuple([i for i, (s, _) in enumerate(points) if s.since == SINCE_LAST])
+        self.series = tuple([(s.d.name, a) for s, a in points])
+
+    def __len__(self) -> int:
+        return len(self.point_since)
+
+
 # Wire-format tags (field number << 3 | wire type) of the fields written per point.
 _RESOURCE_METRICS = b"\x0a"  # ExportMetricsServiceRequest.resource_metrics = 1
 _POINT = b"\x0a"  # Gauge/Sum/Histogram.data_points = 1, length-delimited
@@ -120,10 +155,11 @@ class _Template:
     hold while an interval only replaces values and stamps: slice assignments into the
     arguments, one ``pack()``, no Python work per point for numbers."""
 
-    __slots__ = ("args", "hists", "kinds", "owners", "pack", "prefixes", "shape", "types", "widths")
+    __slots__ = ("args", "hists", "kinds", "layout", "owners", "pack", "prefixes", "resource", "types", "widths")
 
-    def __init__(self, shape: tuple[Any, ...], resource: Attrs, groups: list[Group], scope: bytes):
-        self.shape = shape
+    def __init__(self, resource: Attrs, layout: Layout, scope: bytes):
+        self.resource, self.layout = resource, layout
+        groups = layout.specs
         metrics: list[tuple[bytes, list[bytes]]] = []  # per metric: its header, its points' bodies
         self.kinds: list[int] = []  # per point
         self.owners: list[int] = []  # per point: its group's index
@@ -131,7 +167,7 @@ class _Template:
         size_all = 0
         for gi, g in enumerate(groups):
             hist = g.kind == HISTOGRAM
-            stamps = _STAMP if g.kind == GAUGE else 2 * _STAMP
+            stamps = _STAMP if g.since == NO_START else 2 * _STAMP
             self.widths.append(stamps)
             value = _HIST_VALUE_LEN if hist else _NUMBER_VALUE
             bodies = []
@@ -187,37 +223,25 @@ class _Template:
         self.args = args
         self.types = types
 
-    def encode(self, groups: list[Group], now_ns: int, cache: dict[int, bytes]) -> bytes:
+    def encode(self, values: list[Any], stamps: tuple[bytes, bytes, bytes]) -> bytes:
+        """The owner's ResourceMetrics with these values (``values`` is the encoder's to
+        change) and, per NO_START, SINCE_START and SINCE_LAST, these stamps."""
         if not self.kinds:
             return bytes(self.pack(*self.args))
-        values: list[Any] = []
         hists = self.hists
-        for g in groups:
-            if g.kind != HISTOGRAM:
-                values += g.values
-                continue
-            for h in g.values:  # a histogram's bytes are kept while it stays the same
-                i = len(values)
-                kept = hists.get(i)
-                if kept is None or (kept[0] is not h and kept[0] != h):
-                    kept = hists[i] = (h, _hist_value(h))
-                values.append(kept[1])
+        for i in self.layout.hist_at:  # a histogram's bytes are kept while it stays the same
+            h = values[i]
+            kept = hists.get(i)
+            if kept is None or (kept[0] is not h and kept[0] != h):
+                kept = hists[i] = (h, _hist_value(h))
+            values[i] = kept[1]
         types = list(map(type, values))
         if types != self.types:
             self._layout(types)
-        time = _TIME + _FIXED64.pack(now_ns)
-        stamps: list[bytes] = []  # per group
-        for g in groups:
-            if g.kind == GAUGE:
-                stamps.append(time)
-                continue
-            st = cache.get(g.start)  # one per start time in the request
-            if st is None:
-                st = cache[g.start] = _START + _FIXED64.pack(g.start) + time
-            stamps.append(st)
         args = self.args
         args[1::3] = values
-        args[2::3] = [stamps[0]] if len(self.owners) == 1 else itemgetter(*self.owners)(stamps)
+        since = self.layout.point_since
+        args[2::3] = [stamps[since[0]]] if len(since) == 1 else itemgetter(*since)(stamps)
         data: bytes = self.pack(*args)
         return data
 
@@ -250,19 +274,26 @@ class RequestEncoder:
         self._scope = _field(1, _string(1, scope_name) + _string(2, scope_version))  # ScopeMetrics.scope
         self._templates: dict[str | None, _Template] = {}
 
-    def encode(self, owners: list[tuple[str | None, Attrs, list[Group]]], now_ns: int) -> EncodedRequest:
+    def encode(
+        self, owners: list[tuple[str | None, Attrs, Layout, list[Any]]], now_ns: int, start_ns: int, last_ns: int
+    ) -> EncodedRequest:
+        """The request for these owners (each with its Resource, Layout and values) at
+        ``now_ns``; cumulative points start at ``start_ns``, delta points at ``last_ns``."""
+        time = _TIME + _FIXED64.pack(now_ns)
+        stamps = (time, _START + _FIXED64.pack(start_ns) + time, _START + _FIXED64.pack(last_ns) + time)
         kept: dict[str | None, _Template] = {}
-        cache: dict[int, bytes] = {}
         parts = []
         points = 0
-        for owner, resource, groups in owners:
-            shape = (resource, tuple([(g.d.name, g.temporality, g.attrs) for g in groups]))
+        for owner, resource, layout, values in owners:
             t = self._templates.get(owner)
-            if t is None or t.shape != shape:
-                t = _Template(shape, resource, groups, self._scope)
-            parts.append(t.encode(groups, now_ns, cache))
+            if t is None or not (
+                (t.layout is layout or t.layout.specs == layout.specs)
+                and (t.resource is resource or t.resource == resource)
+            ):
+                t = _Template(resource, layout, self._scope)
+            parts.append(t.encode(values, stamps))
             kept[owner] = t
-            points += len(t.kinds)
+            points += len(layout)
         self._templates = kept  # owners that left leave nothing behind
         return EncodedRequest(b"".join(parts), points)
 

@@ -147,7 +147,16 @@ def test_a_value_that_changes_type_but_not_value_changes_its_field() -> None:
     from opentelemetry.sdk.metrics.export import AggregationTemporality
 
     from otel_podnet.exporters.otlp import SCOPE, _model
-    from otel_podnet.exporters.otlp_proto import GAUGE, HISTOGRAM, Group, RequestEncoder
+    from otel_podnet.exporters.otlp_proto import (
+        GAUGE,
+        HISTOGRAM,
+        NO_START,
+        SINCE_START,
+        Group,
+        Layout,
+        RequestEncoder,
+        Spec,
+    )
     from otel_podnet.samples import Histogram
     from otel_podnet.series import HEALTH_METRICS, POD_HISTOGRAMS
 
@@ -155,12 +164,16 @@ def test_a_value_that_changes_type_but_not_value_changes_its_field() -> None:
     encoder = RequestEncoder(SCOPE.name, SCOPE.version or "")
     resource = (("k8s.node.name", "node-1"),)
     attrs = ((("a", "1"),), (("a", ""),))
+    cumulative = AggregationTemporality.CUMULATIVE
+    layout = Layout(
+        [Spec(gauge, GAUGE, 0, attrs, NO_START), Spec(hist_def, HISTOGRAM, cumulative, (hist_attrs,), SINCE_START)]
+    )
     for values in ([0, 1], [0.0, 1], [0, 1.5], [0, 1]):
         groups = [
             Group(gauge, GAUGE, 0, attrs, values, 5),
-            Group(hist_def, HISTOGRAM, AggregationTemporality.CUMULATIVE, (hist_attrs,), [Histogram()], 7),
+            Group(hist_def, HISTOGRAM, cumulative, (hist_attrs,), [Histogram()], 7),
         ]
-        got = encoder.encode([(None, resource, groups)], 10**18)
+        got = encoder.encode([(None, resource, layout, [*values, Histogram()])], 10**18, 7, 9)
         want = encode_metrics(MetricsData(resource_metrics=[_model(resource, groups, 10**18)]))
         assert got.message() == want
         assert got.points == count_points(want) == 3
