@@ -22,8 +22,9 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from itertools import repeat
+from itertools import chain, repeat
 from logging import getLogger
+from operator import itemgetter
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -66,12 +67,27 @@ from ..series import (
 )
 from . import ExportStats
 from .otlp_env import check_env, delta_preferred, protocol
-from .otlp_proto import GAUGE, HISTOGRAM, SUM, ChannelPerExport, Group, GrpcExporter, RequestEncoder, http_exporter
+from .otlp_proto import (
+    GAUGE,
+    HISTOGRAM,
+    NO_START,
+    SINCE_LAST,
+    SINCE_START,
+    SUM,
+    ChannelPerExport,
+    Group,
+    GrpcExporter,
+    Layout,
+    RequestEncoder,
+    Spec,
+    http_exporter,
+)
 
 _logger = getLogger(__name__)
 SCOPE = InstrumentationScope("otel_podnet", __version__)
 
 SeriesKey = tuple[str | None, str, Attrs]
+LaidOut = tuple[str | None, Attrs, Layout, list[Any]]  # an owner, its Resource, its points' layout and values
 
 
 # At this interval and longer, OTLP/gRPC opens a channel per export (ChannelPerExport).
@@ -118,6 +134,12 @@ class OtlpExporter:
         self._resources: dict[str | None, tuple[PodInfo | None, Attrs]] = {}
         self._peer_layouts: dict[Any, list[Any]] = {}  # see _peer_groups
         self._hist_cache: dict[str | None, tuple[tuple[int, ...], list[KernelHistogram]]] = {}
+        # laid_out()'s layouts, kept while the series stay the same
+        self._pod_specs = [self._spec(d, attrs) for d, attrs, _, _ in _POD_LAYOUT]
+        self._hist_specs = [self._spec(d, attrs, hist=True) for d, attrs, _ in _HIST_LAYOUT]
+        self._peer_specs: dict[Any, tuple[list[Spec], list[int]]] = {}
+        self._health_specs: dict[Any, tuple[list[Spec], list[int]]] = {}
+        self._layouts: dict[tuple[Any, Any], Layout] = {}
         # the SDK's own exporters take the request built directly (otlp_proto); another
         # MetricExporter (a test's, the console's) gets the SDK's data model
         self._encoder = None
@@ -189,8 +211,8 @@ class OtlpExporter:
                     pods.setdefault(uid, info)
         data: Any
         if self._encoder is not None:
-            owners, values, hists = self.owners(samples, snapshot, pods)
-            data = self._encoder.encode(owners, now_ns)
+            laid, values, hists = self.laid_out(samples, snapshot, pods)
+            data = self._encoder.encode(laid, now_ns, self._start_ns, self._last_ok_ns)
         else:
             data, values, hists = self.build(samples, snapshot, pods, now_ns)
         try:
@@ -241,6 +263,96 @@ class OtlpExporter:
             self._resources = {k: v for k, v in self._resources.items() if k in seen}
             self._hist_cache = {k: v for k, v in self._hist_cache.items() if k in seen}
         return out, values, hists
+
+    def laid_out(
+        self, samples: list[PodSample], snapshot: Snapshot, pods: Mapping[str, PodInfo]
+    ) -> tuple[
+        list[tuple[str | None, Attrs, Layout, list[Any]]], dict[SeriesKey, float], dict[SeriesKey, KernelHistogram]
+    ]:
+        """What ``owners()`` gives, for the request encoder: per owner its Resource
+        attributes, its Layout (kept while its series stay the same) and its points' values
+        in one list, made of whole tuples at a time rather than point by point (issue 10).
+        ``owners()`` stays the plain statement of the same points: the SDK's data model is
+        made from it, and tests/unit/test_otlp_proto.py checks that the two agree."""
+        values: dict[SeriesKey, float] = {}
+        hists: dict[SeriesKey, KernelHistogram] = {}
+        last, last_hist, zero = self._last, self._last_hist, KernelHistogram()
+        out = []
+        for s in samples:
+            owner = s.uid
+            vals: list[Any] = list(pod_values(s.counters))
+            peer_key = health_key = None
+            peers = s.peers
+            if peers:
+                peer_key = tuple([(a, tuple(map(bool, v))) for a, v in peers])
+                peer_specs, at = self._peer_parts(peer_key, peers)
+                flat = list(chain.from_iterable([v for _, v in peers]))
+                vals += [flat[at[0]]] if len(at) == 1 else itemgetter(*at)(flat)
+            hs = self._histogram_values(owner, s.counters.hist)
+            vals += itemgetter(*_HIST_AT)(hs)
+            if owner is None:
+                health = list(health_series(snapshot.health, self._stats.failures))
+                health_key = tuple([(md.name, a) for md, a, _ in health])
+                health_specs, order = self._health_parts(health_key, health)
+                vals += [health[i][2] for i in order]
+            layout = self._layouts.get((peer_key, health_key))
+            if layout is None:
+                if len(self._layouts) >= 4096:  # bounded: peers come and go
+                    self._layouts.clear()
+                specs = list(self._pod_specs)
+                if peer_key is not None:
+                    specs += peer_specs
+                specs += self._hist_specs
+                if health_key is not None:
+                    specs += health_specs
+                layout = self._layouts[(peer_key, health_key)] = Layout(specs)
+            if layout.delta_at:  # delta: against the last exported value, the new one kept
+                series = layout.series
+                for i in layout.delta_at:
+                    key: SeriesKey = (owner, *series[i])
+                    v = vals[i]
+                    if isinstance(v, KernelHistogram):
+                        hists[key] = v
+                        vals[i] = v - last_hist.get(key, zero)
+                    else:
+                        values[key] = v
+                        vals[i] = v - last.get(key, 0)
+            out.append((owner, self._resource(owner, pods.get(owner) if owner else None), layout, vals))
+        if len(self._resources) > len(out):  # owners that left leave nothing behind
+            seen = {owner for owner, _, _, _ in out}
+            self._resources = {k: v for k, v in self._resources.items() if k in seen}
+            self._hist_cache = {k: v for k, v in self._hist_cache.items() if k in seen}
+        return out, values, hists
+
+    def _spec(self, d: MetricDef, attrs: tuple[Attrs, ...], hist: bool = False) -> Spec:
+        """How ``_group()`` and ``_histograms()`` send a metric's points."""
+        if d.gauge:
+            return Spec(d, GAUGE, 0, attrs, NO_START)
+        if self._delta and (d.monotonic or hist):
+            return Spec(d, HISTOGRAM if hist else SUM, AggregationTemporality.DELTA, attrs, SINCE_LAST)
+        return Spec(d, HISTOGRAM if hist else SUM, AggregationTemporality.CUMULATIVE, attrs, SINCE_START)
+
+    def _peer_parts(self, key: Any, peers: tuple[tuple[Attrs, tuple[int, ...]], ...]) -> tuple[list[Spec], list[int]]:
+        """The peer metrics and, per point, its value's place in the peers' figures laid end
+        to end (as ``_peer_groups()`` picks them)."""
+        parts = self._peer_specs.get(key)
+        if parts is None:
+            if len(self._peer_specs) >= 4096:  # bounded: peers come and go
+                self._peer_specs.clear()
+            layout = _peer_layout(peers)
+            at = [i * len(PEER_POINTS) + j for _, _, points in layout for i, j in points]
+            parts = self._peer_specs[key] = ([self._spec(d, attrs) for d, attrs, _ in layout], at)
+        return parts
+
+    def _health_parts(self, key: Any, health: list[tuple[MetricDef, Attrs, Any]]) -> tuple[list[Spec], list[int]]:
+        """The health metrics and, per point, its place in ``health_series()`` (grouped by
+        metric in HEALTH_METRICS order, as ``_numbers()`` does)."""
+        parts = self._health_specs.get(key)
+        if parts is None:
+            grouped = _grouped([(md, a, i) for i, (md, a, _) in enumerate(health)], HEALTH_METRICS)
+            order = [i for _, _, at in grouped for i in at]
+            parts = self._health_specs[key] = ([self._spec(d, attrs) for d, attrs, _ in grouped], order)
+        return parts
 
     def _resource(self, uid: str | None, info: PodInfo | None) -> Attrs:
         """The owner's Resource attributes, kept while its PodInfo stays the same."""
@@ -388,6 +500,10 @@ def _hist_layout() -> list[Any]:
 _HIST_OFFSETS = [i * HIST_WORDS for i in range(len(HISTOGRAMS))]
 _POD_LAYOUT = _pod_layout()
 _HIST_LAYOUT = _hist_layout()
+_HIST_AT = [i for _, _, at in _HIST_LAYOUT for i in at]  # the histograms in the order they go out
+# laid_out() takes a pod's values as pod_values() gives them: the metrics' ranges in order
+assert [lo for _, _, lo, _ in _POD_LAYOUT] == [0, *(hi for _, _, _, hi in _POD_LAYOUT[:-1])]
+assert _POD_LAYOUT[-1][3] == len(POD_SERIES)
 
 
 def _model(resource: Attrs, groups: list[Group], now_ns: int) -> ResourceMetrics:

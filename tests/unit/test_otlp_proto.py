@@ -15,7 +15,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from otel_podnet import abi
 from otel_podnet.exporters import ExportStats
 from otel_podnet.exporters.otlp import OtlpExporter, make_sdk_exporter
-from otel_podnet.exporters.otlp_proto import ChannelPerExport, GrpcExporter
+from otel_podnet.exporters.otlp_proto import ChannelPerExport, EncodedRequest, GrpcExporter, count_points
 from otel_podnet.inventory import PodInfo
 from otel_podnet.samples import Counters, Health, PodSample, Snapshot
 
@@ -33,10 +33,9 @@ class Keeping(MetricExporter):
         self.got: list[Any] = []
 
     def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kw: object) -> MetricExportResult:
-        if isinstance(metrics_data, ExportMetricsServiceRequest):  # the encoder reuses it: a copy
-            copy = ExportMetricsServiceRequest()
-            copy.CopyFrom(metrics_data)
-            metrics_data = copy
+        if isinstance(metrics_data, EncodedRequest):  # as a receiver parses it
+            assert count_points(metrics_data.message()) == metrics_data.points
+            metrics_data = metrics_data.message()
         self.got.append(metrics_data)
         return MetricExportResult.SUCCESS
 
@@ -139,3 +138,42 @@ def test_grpc_opens_a_channel_per_export_at_intervals_of_5_s_and_more() -> None:
         per.shutdown()
         kept.shutdown()
     assert per.export(ExportMetricsServiceRequest()) == MetricExportResult.FAILURE  # after shutdown
+
+
+def test_a_value_that_changes_type_but_not_value_changes_its_field() -> None:
+    """0 == 0.0 in Python, but as_int is not as_double: a series whose value turns from
+    int 0 to float 0.0 and back is encoded as encode_metrics() has it each time, and a
+    histogram whose count is 0 reads back as the same message."""
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+    from otel_podnet.exporters.otlp import SCOPE, _model
+    from otel_podnet.exporters.otlp_proto import (
+        GAUGE,
+        HISTOGRAM,
+        NO_START,
+        SINCE_START,
+        Group,
+        Layout,
+        RequestEncoder,
+        Spec,
+    )
+    from otel_podnet.samples import Histogram
+    from otel_podnet.series import HEALTH_METRICS, POD_HISTOGRAMS
+
+    gauge, (hist_def, hist_attrs, _) = HEALTH_METRICS[0], POD_HISTOGRAMS[0]
+    encoder = RequestEncoder(SCOPE.name, SCOPE.version or "")
+    resource = (("k8s.node.name", "node-1"),)
+    attrs = ((("a", "1"),), (("a", ""),))
+    cumulative = AggregationTemporality.CUMULATIVE
+    layout = Layout(
+        [Spec(gauge, GAUGE, 0, attrs, NO_START), Spec(hist_def, HISTOGRAM, cumulative, (hist_attrs,), SINCE_START)]
+    )
+    for values in ([0, 1], [0.0, 1], [0, 1.5], [0, 1]):
+        groups = [
+            Group(gauge, GAUGE, 0, attrs, values, 5),
+            Group(hist_def, HISTOGRAM, cumulative, (hist_attrs,), [Histogram()], 7),
+        ]
+        got = encoder.encode([(None, resource, layout, [*values, Histogram()])], 10**18, 7, 9)
+        want = encode_metrics(MetricsData(resource_metrics=[_model(resource, groups, 10**18)]))
+        assert got.message() == want
+        assert got.points == count_points(want) == 3
