@@ -59,7 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from otel_podnet.cgroups import find_cgroup2_mount  # noqa: E402
-from otel_podnet.simnode import SimNode, SimPod  # noqa: E402
+from otel_podnet.simnode import SimNode, SimPod, unwind_on_sigterm  # noqa: E402
 from tests.e2e import otlp_json  # noqa: E402
 from tests.e2e.collector import build_otelcol, free_port  # noqa: E402
 from tests.e2e.conftest import gateway  # noqa: E402
@@ -433,6 +433,7 @@ def run_mode(
 
 
 def main() -> int:
+    unwind_on_sigterm()  # killed, it still removes its simulated node
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pods", type=int, default=110)
     p.add_argument("--interval", type=float, default=10.0)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from otel_podnet.cgroups import find_cgroup2_mount
-from otel_podnet.simnode import SimNode, SimPod
+from otel_podnet.simnode import SimNode, SimPod, unwind_on_sigterm
 
 AGENT = """
 import sys
@@ -64,6 +64,7 @@ def short_conns(node: SimNode, a: SimPod, b: SimPod, port: int, n: int) -> float
 
 
 def main() -> None:
+    unwind_on_sigterm()  # killed, it still removes its simulated node
     p = argparse.ArgumentParser()
     p.add_argument("--before", type=Path, required=True, help="a source tree with its BPF object built")
     p.add_argument("--after", type=Path, default=Path(__file__).resolve().parent.parent)

@@ -33,7 +33,7 @@ from otel_podnet.cgroups import find_cgroup2_mount
 from otel_podnet.core import Core
 from otel_podnet.inventory import PodsFileSource
 from otel_podnet.libbpf import num_possible_cpus
-from otel_podnet.simnode import SimNode
+from otel_podnet.simnode import SimNode, unwind_on_sigterm
 
 
 def rss_kib() -> int:
@@ -71,6 +71,7 @@ def _map_name(map_id: int) -> str:
 
 
 def main() -> int:
+    unwind_on_sigterm()  # killed, it still removes its simulated node
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pods", type=int, default=110)
     p.add_argument("--rounds", type=int, default=10)

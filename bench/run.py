@@ -51,7 +51,7 @@ from pathlib import Path
 
 from otel_podnet.cgroups import find_cgroup2_mount
 from otel_podnet.libbpf import lib
-from otel_podnet.simnode import SimNode, SimPod
+from otel_podnet.simnode import SimNode, SimPod, unwind_on_sigterm
 
 HERE = Path(__file__).resolve().parent
 # ablations: the agent's own object built with -DPODNET_CUT=n (see podnet.bpf.c)
@@ -241,6 +241,7 @@ def spread(xs: list[float]) -> str:
 
 
 def main() -> None:
+    unwind_on_sigterm()  # killed, it still removes its simulated node
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--rounds", type=int, default=7, help="rotating rounds of the rate comparison (0: BPF statistics only)"

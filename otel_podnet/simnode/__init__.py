@@ -39,6 +39,17 @@ def sh(*argv: str, check: bool = True, input: str | None = None) -> str:
     return r.stdout
 
 
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``) raise SystemExit in the main thread, so that a
+    script's ``with SimNode(...)`` blocks remove the namespaces and cgroups they made; by
+    default Python ends the process at once and leaves them behind."""
+
+    def _exit(signum: int, _frame: Any) -> None:
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 @dataclass
 class SimPod:
     name: str
