@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from . import delay
+
 _logger = getLogger(__name__)
 
 NET4 = "198.18.{n}.{h}"  # RFC 2544 benchmarking range: never routed anywhere
@@ -283,6 +285,13 @@ class SimNode:
         relay = self._spawn_in(ns, self.node_cgroup, argv)
         self.wait_ready(relay)
         return relay
+
+    @staticmethod
+    def stop_delay(relay: subprocess.Popen[str]) -> delay.Report:
+        """Stop a delay line from :meth:`delay_link` and return what it did."""
+        relay.terminate()
+        out, _ = relay.communicate(timeout=10)
+        return delay.Report.parse(out.splitlines()[-1])
 
     def set_offloads(self, pod: SimPod, on: bool) -> None:
         v = "on" if on else "off"

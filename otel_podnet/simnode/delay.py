@@ -7,7 +7,9 @@ that arrive on ``--delayed`` are held ``--delay`` seconds first; frames the othe
 at once.
 
 Bounded: at most ``--max-held`` frames are held (more are dropped and counted), it exits
-after ``--lifetime`` seconds or on SIGTERM, and prints one JSON line of what it did.
+after ``--lifetime`` seconds or on SIGTERM, and prints one JSON line of what it did
+(:class:`Report`): a test reads from it which frames left later than their due time, since
+on a shared machine even a real-time process can lose its CPU for milliseconds.
 """
 
 from __future__ import annotations
@@ -21,12 +23,37 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from types import FrameType
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4  # a frame we sent ourselves, looped back to our socket
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
+LATE_MARK_US = 1_000  # a frame released later than this past its due time is listed
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a relay did: frames passed at once, held, dropped, and how late the held ones
+    left (the lateness of each one later than :data:`LATE_MARK_US`, in microseconds)."""
+
+    passed: int
+    delayed: int
+    dropped: int
+    late_max_us: int
+    late_us: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, line: str) -> Report:
+        d = json.loads(line)
+        return cls(d["passed"], d["delayed"], d["dropped"], d["late_max_us"], tuple(d["late_us"]))
+
+    def late_over(self, us: int) -> tuple[int, ...]:
+        """The lateness of every frame held more than ``us`` past its delay."""
+        if us < LATE_MARK_US:
+            raise ValueError(f"late_over({us}): the relay lists lateness above {LATE_MARK_US} us only")
+        return tuple(t for t in self.late_us if t > us)
 
 
 def _open(ifname: str) -> socket.socket:
@@ -44,9 +71,10 @@ class _Stop(Exception):
     """SIGTERM: leave the loop (a flag would not do: select() resumes after a handler)."""
 
 
-def relay(a: str, b: str, delayed: str, delay: float, lifetime: float, max_held: int) -> dict[str, int]:
+def relay(a: str, b: str, delayed: str, delay: float, lifetime: float, max_held: int) -> dict[str, object]:
     sa, sb = _open(a), _open(b)
     stats = {"passed": 0, "delayed": 0, "dropped": 0, "late_max_us": 0}
+    late: list[int] = []
     try:  # a wire's delay should not depend on the machine's load: real-time, if allowed
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     except OSError:
@@ -58,13 +86,13 @@ def relay(a: str, b: str, delayed: str, delay: float, lifetime: float, max_held:
     signal.signal(signal.SIGTERM, _term)
     print("ready", flush=True)
     try:
-        _loop(sa, sb, sa if delayed == a else sb, delay, time.monotonic() + lifetime, max_held, stats)
+        _loop(sa, sb, sa if delayed == a else sb, delay, time.monotonic() + lifetime, max_held, stats, late)
     except _Stop:
         pass
     finally:
         sa.close()
         sb.close()
-    return stats
+    return {**stats, "late_us": late}
 
 
 def _loop(
@@ -75,6 +103,7 @@ def _loop(
     end: float,
     max_held: int,
     stats: dict[str, int],
+    late: list[int],
 ) -> None:
     peer = {sa: sb, sb: sa}
     held: list[tuple[float, int, socket.socket, bytes]] = []  # (due, order, out, frame)
@@ -115,7 +144,10 @@ def _loop(
         while held and held[0][0] <= now:
             due, _, out, frame = heapq.heappop(held)
             _send(out, frame)
-            stats["late_max_us"] = max(stats["late_max_us"], int((now - due) * 1e6))
+            us = int((now - due) * 1e6)
+            stats["late_max_us"] = max(stats["late_max_us"], us)
+            if us > LATE_MARK_US and len(late) < max_held:
+                late.append(us)
 
 
 def main(argv: list[str] | None = None) -> int:

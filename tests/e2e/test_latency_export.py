@@ -4,7 +4,6 @@ the same in the Collector's output and on the agent's own /metrics."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import urllib.request
@@ -21,6 +20,15 @@ from .conftest import agent, exchange, gateway, wait_for
 RUNNING_AS_ROOT = pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root (BPF, namespaces)")
 
 B20MS = 15  # bucket (16.384 ms, 32.768 ms]
+# A frame the delay line releases up to 8 ms late keeps its sample in that bucket; each one
+# it lists as later (it lost its CPU on a shared machine) may carry one sample past it.
+LATE_OK_US = 8_000
+
+
+def assert_20ms(buckets: list[int], n: int, stalls: tuple[int, ...]) -> None:
+    """n samples: none faster than the 20 ms wire, none past its bucket but for stalls."""
+    assert sum(buckets) == n and sum(buckets[:B20MS]) == 0, buckets
+    assert sum(buckets[B20MS + 1 :]) <= len(stalls), (buckets, stalls)
 
 
 def histograms(request: dict[str, Any], uid: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -83,29 +91,36 @@ def test_connect_and_rtt_histograms_over_otlp_and_prometheus(otelcol: Path, node
         time.sleep(0.5)
         request = otlp_json.requests(col.file)[-1]
         collector_prom = scrape(col.prom)
-    relay.terminate()
-    late = json.loads(relay.communicate(timeout=10)[0].splitlines()[-1])["late_max_us"]
-    assert late < 8_000, f"the delay line was {late} us late: not a 20 ms link"
+    wire = node.stop_delay(relay)
+    assert wire.dropped == 0 and wire.delayed > 0, wire
+    stalls = wire.late_over(LATE_OK_US)
 
     bounds = [2**i / 1e6 for i in range(27)]
-    want = ["0"] * 28
-    want[B20MS] = str(n)
     h = histograms(request, cli.uid)
+    counts: dict[str, list[int]] = {}
     for key in (("podnet.tcp.connect.duration", "outbound"), ("podnet.tcp.rtt", "outbound")):
         dp = h[key]
         assert dp["temporality"] == 2  # cumulative
         assert [float(b) for b in dp["explicitBounds"]] == pytest.approx(bounds, rel=1e-12)
-        assert dp["bucketCounts"] == want, key
+        counts[key[0]] = [int(c) for c in dp["bucketCounts"]]  # uint64: strings in OTLP JSON
+        assert len(counts[key[0]]) == 28, key
+        assert_20ms(counts[key[0]], n, stalls)
         assert int(dp["count"]) == n
-        assert n * 0.020 <= dp["sum"] < n * 0.030
+        assert n * 0.020 <= dp["sum"] < n * 0.030 + sum(stalls) / 1e6
         assert "min" not in dp and "max" not in dp  # unknown, so not made up
     assert int(h[("podnet.tcp.connect.duration", "inbound")].get("count", 0)) == 0  # zero: omitted in JSON
     hs = histograms(request, srv.uid)
-    assert hs[("podnet.tcp.connect.duration", "inbound")]["bucketCounts"] == want  # its SYN-ACKs waited
+    # its SYN-ACKs waited
+    assert_20ms([int(c) for c in hs[("podnet.tcp.connect.duration", "inbound")]["bucketCounts"]], n, stalls)
 
     # classic histograms under the names the OpenTelemetry-to-Prometheus conversion makes
     for text in (collector_prom, own):
-        for name in ("podnet_tcp_connect_duration_seconds", "podnet_tcp_rtt_seconds"):
+        for name, otlp_name in (
+            ("podnet_tcp_connect_duration_seconds", "podnet.tcp.connect.duration"),
+            ("podnet_tcp_rtt_seconds", "podnet.tcp.rtt"),
+        ):
             s = prom_series(text, name, cli.uid, "outbound")
-            assert s["0.016384"] == 0 and s["0.032768"] == n and s["+Inf"] == n, (name, s)
-            assert s["count"] == n and n * 0.020 <= s["sum"] < n * 0.030
+            # le="0.032768" is cumulative: every sample up to and in the 20 ms bucket
+            upto = sum(counts[otlp_name][: B20MS + 1])
+            assert s["0.016384"] == 0 and s["0.032768"] == upto and s["+Inf"] == n, (name, s)
+            assert s["count"] == n and n * 0.020 <= s["sum"] < n * 0.030 + sum(stalls) / 1e6

@@ -7,7 +7,6 @@ the veths' microseconds, which lands in the bucket (16.384 ms, 32.768 ms]: index
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -21,6 +20,7 @@ from otel_podnet.core import Core
 from otel_podnet.inventory import PodsFileSource
 from otel_podnet.samples import Histogram
 from otel_podnet.simnode import SimNode
+from otel_podnet.simnode.delay import Report
 
 from .conftest import Agent
 
@@ -40,26 +40,35 @@ def nonzero(h: Histogram) -> dict[int, int]:
     return {i: n for i, n in enumerate(h.buckets) if n}
 
 
-def assert_delayed(h: Histogram, n: int) -> None:
-    """Exactly n samples, all in the 20 ms bucket (emulated: none below it)."""
+# A frame the relay releases up to 8 ms late still puts its sample in the 20 ms bucket
+# (20 + 8 ms, plus the veths' microseconds, is well under 32.768 ms). On a shared machine
+# even a real-time relay can lose its CPU longer than that. Each frame it lists as later
+# may carry a sample past the bucket: one connect, and the RTT samples of its connection
+# (the kernel's smoothed RTT keeps part of a late sample for the samples after it).
+LATE_OK_US = 8_000
+
+
+def assert_delayed(h: Histogram, n: int, wire: Report, per_frame: int = 1) -> None:
+    """Exactly n samples, none faster than the delay, all in the 20 ms bucket but for
+    ``per_frame`` samples for each frame the relay released later than LATE_OK_US
+    (emulated: none below the bucket)."""
+    assert h.count == n and sum(h.buckets[:B20MS]) == 0, nonzero(h)
+    assert h.sum_seconds >= n * DELAY
     if EMULATED:
-        assert h.count == n and sum(h.buckets[:B20MS]) == 0, nonzero(h)
-        assert h.sum_seconds >= n * DELAY
-    else:
-        assert nonzero(h) == {B20MS: n}
-        assert n * DELAY <= h.sum_seconds < n * (DELAY + 0.010)
+        return
+    stalls = wire.late_over(LATE_OK_US)
+    assert sum(h.buckets[B20MS + 1 :]) <= per_frame * len(stalls), (nonzero(h), stalls)
+    assert h.sum_seconds < n * (DELAY + 0.010) + per_frame * sum(stalls) / 1e6
 
 
-def stop_relay(relay: subprocess.Popen[str]) -> dict[str, int]:
-    """Stop the delay line and check it held every frame 20 ms and not much more: the
-    ground truth of the figures below (it runs SCHED_FIFO, but the machine is shared)."""
-    relay.terminate()
-    out, _ = relay.communicate(timeout=10)
-    stats: dict[str, int] = json.loads(out.splitlines()[-1])
-    assert stats["dropped"] == 0
-    if not EMULATED:
-        assert stats["late_max_us"] < 8_000, f"the relay itself was late by {stats['late_max_us']} us: {stats}"
-    return stats
+def stop_relay(node: SimNode, relay: subprocess.Popen[str]) -> Report:
+    """Stop the delay line: what it did is the ground truth of the figures below. It held
+    every frame, none was dropped; how late each one left is in the report."""
+    wire = node.stop_delay(relay)
+    assert wire.dropped == 0 and wire.delayed > 0, wire
+    if wire.late_over(LATE_OK_US):
+        print(f"the relay lost its CPU: frames released late by {wire.late_over(LATE_OK_US)} us")
+    return wire
 
 
 def connects(node: SimNode, client: object, server: object, port: int, n: int) -> None:
@@ -86,18 +95,18 @@ def test_outbound_connects_to_a_delayed_server(node: SimNode, start_agent: Calla
     assert node.result(node.workload(fast_cli, "connect-fail", addr=fast.ip4, port=5999, count=5)) == {
         "ECONNREFUSED": 5
     }
-    stop_relay(relay)
+    wire = stop_relay(node, relay)
 
     c = agent.settle(slow_cli, lambda c: c.closed_out == n and c.rtt_out.count == n)
     assert c.opened_out == n
-    assert_delayed(c.connect_out, n)  # every connect, in the 20 ms bucket, nowhere else
-    assert_delayed(c.rtt_out, n)  # one sample per connection, at its close
+    assert_delayed(c.connect_out, n, wire)  # every connect, in the 20 ms bucket, nowhere else
+    assert_delayed(c.rtt_out, n, wire)  # one sample per connection, at its close
     assert c.connect_in.count == c.rtt_in.count == 0
 
     # the server's SYN-ACKs wait 20 ms: its handshake sample sees them
     s = agent.settle(slow, lambda c: c.closed_in == n and c.rtt_in.count == n)
-    assert_delayed(s.connect_in, n)
-    assert_delayed(s.rtt_in, n)
+    assert_delayed(s.connect_in, n, wire)
+    assert_delayed(s.rtt_in, n, wire)
     assert s.connect_out.count == s.rtt_out.count == 0
 
     # No delay: a veth round trip, tens of microseconds. Every connect is far below the
@@ -119,14 +128,14 @@ def test_inbound_connects_from_a_delayed_client(node: SimNode, start_agent: Call
     agent = start_agent()
     n = 20
     connects(node, cli, srv, 5200, n)
-    stop_relay(relay)
+    wire = stop_relay(node, relay)
     s = agent.settle(srv, lambda c: c.closed_in == n and c.rtt_in.count == n)
     assert s.opened_in == n
     # SYN-ACK out, the client's ACK back 20 ms later: the kernel's handshake sample
-    assert_delayed(s.connect_in, n)
+    assert_delayed(s.connect_in, n, wire)
     assert s.connect_out.count == 0
     c = agent.settle(cli, lambda c: c.closed_out == n)
-    assert_delayed(c.connect_out, n)  # its SYNs wait 20 ms on the way out
+    assert_delayed(c.connect_out, n, wire)  # its SYNs wait 20 ms on the way out
 
 
 @pytest.fixture
@@ -170,16 +179,16 @@ def test_long_lived_connections_sampled_once_per_interval(node: SimNode, agent_1
         holder.stdin.flush()
         assert holder.stdout.readline().strip() == "sent"
         assert time.monotonic() - t0 < 0.5, "a burst took too long for the test's timing"
-    c = agent.counters(cli)
-    assert (c.opened_out, c.closed_out) == (k, 0)
-    assert_delayed(c.rtt_out, 3 * k)  # before any close
-    s = agent.counters(srv)
-    assert_delayed(s.rtt_in, 3 * k)
+    c_open = agent.counters(cli)
+    assert (c_open.opened_out, c_open.closed_out) == (k, 0)
+    s_open = agent.counters(srv)
     holder.stdin.write("close\n")
     holder.stdin.flush()
     assert node.result(holder) == {"held": k, "sent": 3 * k * 100}
     node.result(echo)
-    stop_relay(relay)
+    wire = stop_relay(node, relay)
+    assert_delayed(c_open.rtt_out, 3 * k, wire, per_frame=3)  # before any close
+    assert_delayed(s_open.rtt_in, 3 * k, wire, per_frame=3)
     c = agent.settle(cli, lambda c: c.closed_out == k)
-    assert_delayed(c.rtt_out, 4 * k)  # plus one at the close
-    assert_delayed(c.connect_out, k)
+    assert_delayed(c.rtt_out, 4 * k, wire, per_frame=4)  # plus one at the close
+    assert_delayed(c.connect_out, k, wire)
