@@ -226,6 +226,13 @@ class Datapath:
             self._links.append(obj.attach_cgroup(name, root))
         _logger.info("attached %d programs (cgroup root %s)", len(self._links), root)
 
+    def detach(self) -> None:
+        """Detach the programs and keep the object and its maps: a later :meth:`attach`
+        puts them back (bench/interleave.py switches between builds this way)."""
+        for link in self._links:
+            link.destroy()
+        self._links.clear()
+
     def close(self) -> None:
         """Detach everything and free the object; safe to call twice."""
         for view in self._mapped.values():

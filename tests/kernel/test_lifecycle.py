@@ -221,3 +221,51 @@ def test_exporter_failing_after_the_load_leaves_nothing(
     while loaded.keys() & podnet_progs().keys() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not loaded.keys() & podnet_progs().keys()
+
+
+def test_detach_and_attach_again_keep_the_maps(node: SimNode, cgroup_root: Path, tmp_path: Path) -> None:
+    """Datapath.detach() (bench/interleave.py switches builds with it): nothing of ours stays
+    attached, nothing is counted meanwhile, and attach() counts again into the same maps."""
+    from otel_podnet.core import Core
+    from otel_podnet.inventory import PodsFileSource
+
+    a, b = node.add_pod("sender"), node.add_pod("receiver")
+    pods_file = tmp_path / "pods.yaml"
+    node.write_pod_list(pods_file)
+    core = Core(cgroup_root, PodsFileSource(pods_file, node.name))
+    core.start()
+    try:
+        ours = Ours()
+        ours.take(os.getpid())
+        mine = {i for i, n in ours.ids.items() if n in PROGRAMS_CGROUP}
+        assert len(mine) == len(PROGRAMS_CGROUP) and mine <= attached_ids(cgroup_root)
+
+        def udp(count: int, port: int) -> int:
+            rcv = node.workload(b, "udp-recv", addr=b.ip4, port=port, count=count)
+            node.wait_ready(rcv)
+            assert node.result(node.workload(a, "udp-send", addr=b.ip4, port=port, count=count, size=100)) == {
+                "sent": count,
+                "bytes": count * 100,
+            }
+            assert node.result(rcv) == {"received": count, "bytes": count * 100}
+            return count
+
+        def sent() -> int:
+            for s in core.collect().samples:
+                if s.uid == a.uid:
+                    return s.counters.packets_tx_udp
+            return 0
+
+        first = udp(300, 7100)
+        assert sent() == first
+        core.datapath.detach()
+        assert not mine & attached_ids(cgroup_root)
+        udp(200, 7101)  # not seen
+        assert sent() == first
+        core.datapath.attach()
+        assert len({i for i in attached_ids(cgroup_root) if i in mine}) == len(PROGRAMS_CGROUP)
+        again = udp(100, 7102)
+        assert sent() == first + again
+    finally:
+        core.close()
+    assert not mine & attached_ids(cgroup_root)

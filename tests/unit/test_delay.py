@@ -22,5 +22,5 @@ def test_report_lists_the_frames_late_over_a_bound() -> None:
 
 def test_a_bound_below_the_mark_is_refused() -> None:
     r = Report.parse(json.dumps({"passed": 0, "delayed": 0, "dropped": 0, "late_max_us": 0, "late_us": []}))
-    with pytest.raises(ValueError, match="late_over\\(500\\).*1000 us"):
+    with pytest.raises(ValueError, match=r"late_over\(500\).*1000 us"):
         r.late_over(500)
