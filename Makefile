@@ -117,6 +117,7 @@ bench-apt:
 
 bench: setup bench-apt
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/interleave.py
 
 clean:
 	rm -rf build dist *.egg-info otel_podnet/bpf/*.o
