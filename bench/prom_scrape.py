@@ -1,6 +1,7 @@
 """CPU of one ``/metrics`` scrape of the Prometheus exporter, in-process, at N pods (issue 10).
 
     PYTHONPATH=$PWD python3 bench/prom_scrape.py [--pods 110] [--peers 6] [--rounds 10]
+    PODNET_TREE=/work/main python3 bench/prom_scrape.py   # main's exporter, for the before
 
 A synthetic snapshot like bench/agent_cpu.py's node (every pod with traffic, four latency
 histograms, a few peers each, the node's Resource with the agent's health) is exported,
@@ -8,13 +9,14 @@ then the exporter's WSGI application is called as its HTTP server thread calls i
 Prometheus' Accept header: the first scrape after each new snapshot (what a scrape every
 interval costs) and a second one of the same snapshot, each without and with gzip. Every
 round exports a new snapshot (all counters grown). Thread CPU time (``time.thread_time``),
-median of ``--rounds``. Runs against whichever tree PYTHONPATH points at (main for the
-before). Numbers are printed, never asserted.
+median of ``--rounds``. The exporter is this checkout's, or ``PODNET_TREE``'s (main's for
+the before). Numbers are printed, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, os.environ.get("PODNET_TREE", str(REPO)))
 
 from otel_podnet.abi import HIST_BUCKETS, HISTOGRAMS, PEER_FIELDS  # noqa: E402
 from otel_podnet.exporters import ExportStats  # noqa: E402
@@ -147,6 +149,7 @@ def main() -> None:
     finally:
         exporter.shutdown()
     lines = sum(1 for ln in scrape(app, {"HTTP_ACCEPT": ACCEPT}).splitlines() if not ln.startswith(b"#"))
+    print(f"exporter from {Path(sys.modules['otel_podnet'].__file__ or '').parent.parent}")
     print(f"{args.pods} pods, {args.peers} peers each: {lines:,} samples, Accept: Prometheus' (OpenMetrics 1.0.0)")
     print(f"  export() (once per interval)     {statistics.median(export_ms):8.2f} ms")
     for name, ms in times.items():
