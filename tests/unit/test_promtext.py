@@ -342,3 +342,15 @@ def test_a_new_snapshot_or_failure_count_is_a_new_page() -> None:
         assert b"db-0" in first and b"db-0" not in exporter.metrics()
     finally:
         exporter.shutdown()
+
+
+def test_a_port_in_use_is_a_config_error() -> None:
+    from otel_podnet.settings import ConfigError
+
+    first = PrometheusExporter(NODE, ExportStats(), ("127.0.0.1", 0))
+    try:
+        port = first._server.server_address[1]
+        with pytest.raises(ConfigError, match=rf"--prometheus-address 127.0.0.1:{port}: cannot listen \(Address"):
+            PrometheusExporter(NODE, ExportStats(), ("127.0.0.1", port))
+    finally:
+        first.shutdown()
