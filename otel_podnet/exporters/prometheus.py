@@ -4,8 +4,8 @@ The SDK's Prometheus reader serves one Resource only, so the agent serves the ne
 snapshot itself: :mod:`.promtext` renders it (Resource attributes as labels), once per
 snapshot and format, on the first scrape that asks for it; scrapes until the next snapshot
 get the same bytes (and the same gzip of them). Until issue 10 each scrape had
-prometheus_client build and format ~17,000 samples (3 % of a core at 110 pods, scraped
-every 10 s); what a scrape gets is unchanged: the format from the Accept header (the
+prometheus_client build and format ~17,000 samples (3 to 4 % of a core at 110 pods,
+scraped every 10 s); what a scrape gets is unchanged: the format from the Accept header (the
 classic text format 0.0.4, or OpenMetrics when asked, as Prometheus does) and gzip when
 Accept-Encoding allows it, chosen as prometheus_client chose them.
 """
