@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_podnet.exporters.prometheus import prom_name
+from otel_podnet.exporters.promtext import prom_name
 from otel_podnet.series import HEALTH_METRICS, POD_METRICS
 
 REPO = Path(__file__).resolve().parents[2]

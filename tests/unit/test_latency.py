@@ -12,14 +12,12 @@ from opentelemetry.sdk.metrics.export import (
     MetricExportResult,
     MetricsData,
 )
-from prometheus_client import generate_latest
-from prometheus_client.registry import CollectorRegistry
 
 from otel_podnet import abi
 from otel_podnet.exporters import ExportStats
 from otel_podnet.exporters.console import ConsoleExporter
 from otel_podnet.exporters.otlp import OtlpExporter
-from otel_podnet.exporters.prometheus import _SnapshotCollector
+from otel_podnet.exporters.promtext import Renderer
 from otel_podnet.inventory import PodInfo
 from otel_podnet.samples import Counters, Health, Histogram, PodSample, Snapshot
 
@@ -130,11 +128,8 @@ def test_otlp_explicit_bucket_histograms_cumulative_and_delta() -> None:
 
 
 def test_prometheus_classic_histograms_named_as_the_conversion_does() -> None:
-    col = _SnapshotCollector("node-1", ExportStats(), {})
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(col)
-    col.update(Snapshot((PodSample(UID, counters({15: 4, 5: 1}, 4 * 21_000_000 + 30_000)),), HEALTH), {UID: POD})
-    text = generate_latest(registry).decode()
+    snapshot = Snapshot((PodSample(UID, counters({15: 4, 5: 1}, 4 * 21_000_000 + 30_000)),), HEALTH)
+    text = Renderer("node-1", {}).render(snapshot, {UID: POD}, 0).text().decode()
     lines = [ln for ln in text.splitlines() if 'podnet_direction="outbound"' in ln and "connect_duration" in ln]
 
     def value(series: str, le: str | None = None) -> float:

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import generate_latest
 
 from otel_podnet import cli
 from otel_podnet.exporters import ExportStats
@@ -68,11 +67,11 @@ data       db-0                    0.0      0.0     0.0     0.0       5  100000 
 
 
 def metrics_text(snapshot: Snapshot) -> str:
-    """What the agent's /metrics serves for this snapshot (its real exporter's collector)."""
+    """What the agent's /metrics serves for this snapshot (its real exporter)."""
     exporter = PrometheusExporter("sim-node", ExportStats(), ("127.0.0.1", free_port()))
     try:
         exporter.export(snapshot, PODS)
-        return generate_latest(exporter.registry).decode()
+        return exporter.metrics().decode()
     finally:
         exporter.shutdown()
 
