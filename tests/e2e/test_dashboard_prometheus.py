@@ -628,7 +628,8 @@ def test_totals_exact(run: Run, source: str) -> None:
 @pytest.mark.xfail(
     reason="on the shared development machine the agent sometimes missed one SYN-timeout failure (seen 23 of "
     "24, 95 of 96): the kernel skipped podnet_state while it ran for another socket (now caught by "
-    "podnet_state2); a rarer loss with no recursion miss recorded remains (tests/kernel/test_exactness.py)",
+    "podnet_state2); a loss with no recursion miss remains, which tracing placed in the kernel's call of the "
+    "programs (tests/kernel/test_exactness.py)",
     strict=False,
 )
 @pytest.mark.parametrize("source", SOURCES)
