@@ -557,6 +557,23 @@ def test_api_outage_counting_goes_on_and_nothing_is_missed(
                 ),
                 what="the figures after the outage",
             )
+            # The peer directory's watches retry on their own backoff (up to 10 s), apart
+            # from the pod source's: it is back once it names the pod made after the restart.
+            c_to_b = (
+                "podnet.peer.tcp.connections.opened",
+                (
+                    ("podnet.direction", "inbound"),
+                    ("podnet.peer.kind", "pod"),
+                    ("podnet.peer.namespace", ns),
+                    ("podnet.peer.workload", "client-c"),
+                    ("podnet.peer.workload.kind", "pod"),
+                ),
+            )
+            wait_for(
+                lambda: exported(col.file).get(b_pod.uid, ({}, {}))[1].get(c_to_b) == 3,
+                timeout=60,
+                what="the peer directory to name client-c",
+            )
             rc, err = ag.stop()
         assert rc == 0, err
         time.sleep(0.5)
