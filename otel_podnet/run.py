@@ -14,6 +14,7 @@ from .exporters.factory import Exporters
 from .health import HealthServer, HealthState
 from .inventory import InventoryError, NoPods, PodsFileSource, PodSource
 from .libbpf import LibbpfError
+from .memory import unmap_large_blocks
 from .settings import ConfigError, NotReady, Settings
 
 _logger = getLogger(__name__)
@@ -33,6 +34,7 @@ def make_source(settings: Settings) -> PodSource:
 
 
 def run(settings: Settings) -> int:
+    unmap_large_blocks()  # before the BPF object's load: its parsed BTF is such a block too
     try:
         cgroup_root = settings.cgroup_root or find_cgroup2_mount()
         exporters = Exporters(settings)  # every exporter's configuration; the OTLP one built later

@@ -348,6 +348,16 @@ def test_tls_endpoint_with_a_test_ca(otelcol: Path, node: SimNode, tmp_path: Pat
         assert "OTLP export failed" not in err
 
 
+# The pod churn test's cycles of 10 pods. The first 500 warm the agent up: its RSS grows by
+# about 1 MiB while the counting table (505 slots, two per pod) is first used through, with no
+# more Python objects kept (tracemalloc: 125,000-129,000 blocks from the first few hundred
+# pods to 2,000). Growth is measured after that, over 1,000 more: 150-250 KiB measured, flat
+# from then on (without otel_podnet.memory's fixed allocator thresholds, the heap grew by 2.2
+# MiB over the first 2,000 pods).
+WARM_CYCLES = 50
+CHURN_CYCLES = 150
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -356,7 +366,7 @@ def rss_kib(pid: int) -> int:
 
 
 @RUNNING_AS_ROOT
-def test_500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> None:
+def test_1500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> None:
     """Pods come and go (kubelet-named cgroups and the PodList, 10 at a time): every one is
     released, in the agent's memory, its exports and the kernel's maps."""
     import os
@@ -393,7 +403,7 @@ def test_500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> N
                 live_batch: tuple[set[int], list[str]] = (set(), [])
                 cgids: dict[int, str] = {}  # cgroup id -> pod uid, of every pod made here
                 ips: set[str] = set()
-                for cycle in range(50):
+                for cycle in range(CHURN_CYCLES):
                     batch = [(str(uuid.uuid4()), f"198.19.{cycle}.{i + 1}") for i in range(10)]
                     dirs = []
                     for uid, _ in batch:
@@ -427,7 +437,7 @@ def test_500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> N
                         d.rmdir()
                     pods_file.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "PodList", "items": []}))
                     time.sleep(0.3)
-                    if cycle in (9, 49):
+                    if cycle in (WARM_CYCLES - 1, CHURN_CYCLES - 1):
                         time.sleep(1.0)
                         samples[cycle] = rss_kib(ag.proc.pid)
                 metrics = scrape(ag.prom_port or 0)
@@ -442,10 +452,10 @@ def test_500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> N
                 d.rmdir()
         top.rmdir()
         subprocess.run(["ip", "netns", "delete", netns], check=False)
-    # nothing of the 500 pods is left in the last request, the agent's view or the kernel.
+    # nothing of the 1500 pods is left in the last request, the agent's view or the kernel.
     # (The agent also sees, by their cgroups, the pods of test runs going on concurrently on
     # this machine: only this test's own cgroups, UIDs and IPs are looked for.)
-    assert len(cgids) == len(set(cgids.values())) == len(ips) == 500
+    assert len(cgids) == len(set(cgids.values())) == len(ips) == 10 * CHURN_CYCLES
     reported = [r.get("k8s.pod.uid") for r, _ in otlp_json.by_pod(last)]
     assert reported.count(None) == 1  # the node
     assert set(cgids.values()) & set(reported) == set()  # a pod with a slot left would be here
@@ -463,8 +473,10 @@ def test_500_pod_cycles_leave_nothing_behind(otelcol: Path, tmp_path: Path) -> N
     # slot until the periodic sweep of dead host cgroups: no slot, nothing counted for it.
     assert [v for c, v in left[0].items() if c in cgids and v != (SLOT_NODE, CG_HOST)] == []
     assert [ip for ip in left[1] if ip in ips] == []
-    # memory after 100 cycles and after 500: no growth per pod (allocator noise aside)
-    assert samples[49] - samples[9] < 2048, samples
+    # memory after the first 500 pods and after 1000 more: under 1 KiB per pod (a PodInfo
+    # alone, kept, would be more)
+    grown = samples[CHURN_CYCLES - 1] - samples[WARM_CYCLES - 1]
+    assert grown < 1024, f"RSS (KiB) grew by {grown} over {10 * (CHURN_CYCLES - WARM_CYCLES)} pods: {samples}"
 
 
 def _grpc_threads(pid: int) -> list[str]:
